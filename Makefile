@@ -1,0 +1,24 @@
+# Set-up and everyday commands. Each target installs what it needs first (idempotent).
+PY ?= python3
+
+.PHONY: install install-crosscheck main test test-slow bench
+
+install:
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+
+# kronfluence is a test/benchmark cross-check only, never a dependency; --no-deps keeps the CPU torch.
+install-crosscheck:
+	$(PY) -m pip install -q --no-deps kronfluence==1.0.1 einops einconv opt-einsum accelerate psutil pyyaml
+
+main: install
+	$(PY) -m experiments.run $(ARGS)
+
+test: install install-crosscheck
+	$(PY) -m pytest -q
+
+test-slow: install install-crosscheck
+	$(PY) -m pytest -q -m slow
+
+bench: install install-crosscheck
+	$(PY) bench/bench_core.py
