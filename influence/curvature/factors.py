@@ -1,0 +1,185 @@
+"""Kronecker factors A = E_tok[ā āᵀ], S = E_tok[Ds Dsᵀ], their eigenbases, and the eigenvalue correction.
+
+Shared by EK-FAC and K-FAC. Tokens enter A and S only at positions that carry a loss term
+(the last position and padding are excluded). Accumulation is in float64; per-batch products
+run in the model's dtype. The eigenvalue correction Λ = E_seq[(Q_Sᵀ DW Q_A)²] reuses the
+first pass's per-sequence gradients when they fit in `gradient_cache_mb`, else it runs a
+second pass with the same (index-keyed) sampled labels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..batching import iter_batches, num_rows, sample_indices
+from ..capture import check_finite, eval_mode, frozen_parameters, sequence_gradients
+from ..errors import InfluenceError
+from ..gradients import capture_pass
+from ..modules import TrackedLayer
+
+
+def _blocks(dim: int, n: int) -> list[tuple[int, int]]:
+    n = max(1, min(n, dim))
+    edges = torch.linspace(0, dim, n + 1).round().long().tolist()
+    return [(edges[i], edges[i + 1]) for i in range(n)]
+
+
+def stable_eigh(mat: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 symmetric eigendecomposition; on failure add growing jitter and retry, then a clear error."""
+    m = 0.5 * (mat + mat.T).double()
+    check_finite(m, what)
+    scale = max(float(torch.diagonal(m).abs().mean()), 1e-30)
+    for attempt in range(4):
+        try:
+            vals, vecs = torch.linalg.eigh(m)
+            if torch.isfinite(vals).all() and torch.isfinite(vecs).all():
+                return vals.clamp_min(0.0), vecs
+        except RuntimeError:
+            pass
+        m = m + (scale * 10.0 ** (-10 + 3 * attempt)) * torch.eye(m.shape[0], dtype=m.dtype, device=m.device)
+    raise InfluenceError(f"eigendecomposition of {what} failed even with jitter: the factor is degenerate; fit on more data")
+
+
+@dataclass
+class Eigenbasis:
+    """Per-layer Kronecker eigenbases (float64), block-diagonal when fitted with blocks."""
+
+    q_a: dict[str, torch.Tensor] = field(default_factory=dict)
+    q_s: dict[str, torch.Tensor] = field(default_factory=dict)
+    lam_a: dict[str, torch.Tensor] = field(default_factory=dict)
+    lam_s: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class _Accumulator:
+    """Running sums of the diagonal blocks of A and S for one layer."""
+
+    def __init__(self, layer: TrackedLayer, num_blocks: int, device):
+        p, m = layer.shape
+        self.a_blocks = _blocks(m, num_blocks)
+        self.s_blocks = _blocks(p, num_blocks)
+        self.a = [torch.zeros(e - s, e - s, dtype=torch.float64, device=device) for s, e in self.a_blocks]
+        self.s = [torch.zeros(e - s, e - s, dtype=torch.float64, device=device) for s, e in self.s_blocks]
+
+    def add(self, a: torch.Tensor, ds: torch.Tensor) -> None:
+        for acc, (s, e) in zip(self.a, self.a_blocks):
+            x = a[:, s:e]
+            acc += (x.T @ x).double()
+        for acc, (s, e) in zip(self.s, self.s_blocks):
+            x = ds[:, s:e]
+            acc += (x.T @ x).double()
+
+    def eigen(self, n_tokens: int, name: str):
+        va, qa = zip(*(stable_eigh(b / n_tokens, f"factor A of {name}") for b in self.a))
+        vs, qs = zip(*(stable_eigh(b / n_tokens, f"factor S of {name}") for b in self.s))
+        return torch.cat(va), torch.block_diag(*qa), torch.cat(vs), torch.block_diag(*qs)
+
+
+def rotate_sequence_gradients(dw: torch.Tensor, q_s: torch.Tensor, q_a: torch.Tensor) -> torch.Tensor:
+    """W̃_b = Q_Sᵀ DW_b Q_A for a stack of per-sequence gradients."""
+    return q_s.T @ dw @ q_a
+
+
+def _correction_from_tokens(a, ds, q_a, q_s):
+    """Σ_b (Q_Sᵀ DW_b Q_A)², rotating tokens first or the summed gradients first, whichever is cheaper."""
+    b, t, m = a.shape
+    p = ds.shape[-1]
+    if t * (p * p + m * m) < t * p * m + p * p * m + p * m * m:
+        w = torch.einsum("btp,btm->bpm", ds @ q_s, a @ q_a)
+    else:
+        w = rotate_sequence_gradients(sequence_gradients(a, ds), q_s, q_a)
+    return (w.double() ** 2).sum(0)
+
+
+def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_correction: bool = True):
+    """Fit eigenbases and, if asked, the per-sequence corrected eigenvalues Λ. Returns (basis, Λ or None, stats)."""
+    n = num_rows(data)
+    idx = sample_indices(n, config.max_sequences, config.seed)
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    accs = {l.name: _Accumulator(l, config.num_blocks, dev) for l in layers}
+    per_seq = sum(l.shape[0] * l.shape[1] for l in layers) * torch.finfo(dtype).bits // 8
+    cache = [] if eigenvalue_correction and per_seq * len(idx) <= config.gradient_cache_mb * 2**20 else None
+    n_tokens = 0
+    with eval_mode(model), frozen_parameters(model):
+        for sel, batch in iter_batches(data, config.batch_size, idx, dev):
+            task.check_batch(batch)
+            a, ds = capture_pass(model, task, layers, batch, config.labels, sel, config.seed)
+            mask = task.loss_mask(batch)
+            n_tokens += int(mask.sum())
+            for l in layers:
+                check_finite(ds[l.name], f"the output gradients of layer {l.name}")
+                accs[l.name].add(a[l.name][mask], ds[l.name][mask])
+            if cache is not None:
+                cache.append({l.name: sequence_gradients(a[l.name], ds[l.name]) for l in layers})
+        if n_tokens == 0:
+            raise InfluenceError("no position of the fitting data carries a loss: sequences need at least two real tokens")
+        basis = Eigenbasis()
+        for l in layers:
+            va, qa, vs, qs = accs[l.name].eigen(n_tokens, l.name)
+            basis.lam_a[l.name], basis.q_a[l.name], basis.lam_s[l.name], basis.q_s[l.name] = va, qa, vs, qs
+        stats = {"n_sequences": len(idx), "n_tokens": n_tokens, "mean_tokens_per_sequence": n_tokens / len(idx),
+                 "token_positions": "loss-bearing positions only (padding and each sequence's last position excluded)",
+                 "correction_passes": "0" if not eigenvalue_correction else ("1 (cached gradients)" if cache is not None else "2")}
+        if not eigenvalue_correction:
+            return basis, None, stats
+        lam = {l.name: torch.zeros(l.shape, dtype=torch.float64, device=dev) for l in layers}
+        qs = {l.name: basis.q_s[l.name].to(dtype) for l in layers}
+        qa = {l.name: basis.q_a[l.name].to(dtype) for l in layers}
+        if cache is not None:
+            for entry in cache:
+                for l in layers:
+                    w = rotate_sequence_gradients(entry[l.name], qs[l.name], qa[l.name])
+                    lam[l.name] += (w.double() ** 2).sum(0)
+            cache.clear()
+        else:
+            for sel, batch in iter_batches(data, config.batch_size, idx, dev):
+                a, ds = capture_pass(model, task, layers, batch, config.labels, sel, config.seed)
+                for l in layers:
+                    lam[l.name] += _correction_from_tokens(a[l.name], ds[l.name], qa[l.name], qs[l.name])
+        for l in layers:
+            lam[l.name] /= len(idx)
+            check_finite(lam[l.name], f"the corrected eigenvalues of layer {l.name}")
+    return basis, lam, stats
+
+
+def eigenbasis_ihvp(v: torch.Tensor, q_s: torch.Tensor, q_a: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """Q_S [(Q_Sᵀ V Q_A) ⊘ denom] Q_Aᵀ for V of shape (Q, P, M+1), computed in float64."""
+    w = q_s.T @ v.double() @ q_a
+    return (q_s @ (w / denom) @ q_a.T).to(v.dtype)
+
+
+from .base import FitConfig  # noqa: E402  (kept beside the code that reads it)
+
+
+@dataclass
+class KroneckerConfig(FitConfig):
+    num_blocks: int = 1                # block-diagonal A and S (paper App. A)
+    gradient_cache_mb: float = 1024.0  # keep per-sequence gradients between passes up to this size
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_blocks < 1:
+            raise InfluenceError(f"num_blocks must be >= 1, got {self.num_blocks}")
+
+
+def basis_state(basis: Eigenbasis) -> dict[str, torch.Tensor]:
+    out = {}
+    for name in basis.q_a:
+        out[f"{name}/q_a"], out[f"{name}/q_s"] = basis.q_a[name], basis.q_s[name]
+        out[f"{name}/lam_a"], out[f"{name}/lam_s"] = basis.lam_a[name], basis.lam_s[name]
+    return out
+
+
+def basis_from_state(tensors: dict[str, torch.Tensor], layers: list[TrackedLayer]) -> Eigenbasis:
+    basis = Eigenbasis()
+    for l in layers:
+        try:
+            basis.q_a[l.name], basis.q_s[l.name] = tensors[f"{l.name}/q_a"], tensors[f"{l.name}/q_s"]
+            basis.lam_a[l.name], basis.lam_s[l.name] = tensors[f"{l.name}/lam_a"], tensors[f"{l.name}/lam_s"]
+        except KeyError:
+            raise InfluenceError(f"factor file has no factors for layer {l.name}: it was fitted on other layers; refit") from None
+        p, m = l.shape
+        if basis.q_a[l.name].shape != (m, m) or basis.q_s[l.name].shape != (p, p):
+            raise InfluenceError(f"factor file's shapes for layer {l.name} do not match the model: it belongs to another model; refit")
+    return basis

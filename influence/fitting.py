@@ -1,0 +1,70 @@
+"""Fit a curvature, or reuse a saved one whose fingerprint (model weights + data + fitting config) matches."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from .batching import num_rows
+from .curvature import Curvature, get_curvature_class, make_config
+from .errors import InfluenceError
+from .fingerprint import combine, config_fingerprint, model_fingerprint, tensors_fingerprint
+from .modules import TrackedLayer, find_tracked_layers
+from .storage import load_tensors, save_tensors
+
+log = logging.getLogger(__name__)
+
+
+def fit_curvature(
+    model,
+    task,
+    data: dict[str, torch.Tensor],
+    method: str = "ekfac",
+    layers: list[TrackedLayer] | None = None,
+    cache_dir: str | Path | None = None,
+    device=None,
+    **options,
+) -> Curvature:
+    """Fit `method` on (model, training data). With `cache_dir`, reuse a matching fit or save this one."""
+    cls = get_curvature_class(method)
+    config = make_config(cls, options)
+    layers = layers if layers is not None else find_tracked_layers(model)
+    num_rows(data)
+    task.check_batch(data)
+    path = None
+    if cache_dir is not None and cls.cacheable:
+        model_fp = model_fingerprint(model)
+        fit_fp = combine(model_fp, tensors_fingerprint(data),
+                         config_fingerprint({"method": method, "options": options, "layers": [l.name for l in layers],
+                                             "task": type(task).__name__}))
+        path = Path(cache_dir) / f"{method}-{fit_fp}.safetensors"
+        if path.exists():
+            log.info("reusing fitted %s factors %s", method, path)
+            return load_curvature(path, model, task=task, layers=layers)
+    curv = cls.fit(model, task, data, layers, config, device)
+    if path is not None:
+        meta = {**curv.describe(), "model_fingerprint": model_fp, "fit_fingerprint": fit_fp,
+                "layers": json.dumps([l.name for l in layers]), "options": json.dumps(options, default=str),
+                "format": "influence-studies/curvature/1"}
+        save_tensors(path, curv.state(), meta)
+        log.info("saved fitted %s factors to %s", method, path)
+    return curv
+
+
+def load_curvature(path: str | Path, model, task=None, layers: list[TrackedLayer] | None = None) -> Curvature:
+    """Load saved factors, refusing a file fitted on another model."""
+    tensors, meta = load_tensors(path)
+    if meta.get("format") != "influence-studies/curvature/1":
+        raise InfluenceError(f"{path} is not a curvature file written by influence-studies: delete it or point elsewhere")
+    if meta["model_fingerprint"] != model_fingerprint(model):
+        raise InfluenceError(f"factor file {path} was fitted on another model (weights differ): refit, or load the model it belongs to")
+    cls = get_curvature_class(meta["curvature"])
+    if layers is None:
+        by_name = {l.name: l for l in find_tracked_layers(model, patterns=[f"^{n}$".replace(".", r"\.") for n in json.loads(meta["layers"])])}
+        layers = [by_name[n] for n in json.loads(meta["layers"])]
+    curv = cls(layers, make_config(cls, json.loads(meta["options"])))
+    curv.info = {k: v for k, v in meta.items() if k in ("n_sequences", "n_tokens", "mean_tokens_per_sequence", "token_positions", "correction_passes")}
+    curv.load_state(tensors)
+    return curv

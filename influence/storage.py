@@ -1,0 +1,49 @@
+"""Tensors on disk: safetensors with string metadata, written atomically (temp name, then rename)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from .errors import InfluenceError
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call `write(tmp_path)` then rename onto `path`; on any failure no partial file remains."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {k: str(v) for k, v in metadata.items()}
+    try:
+        atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=meta))
+    except OSError as e:
+        raise InfluenceError(f"could not write {path}: {e.strerror or e} (free disk space or choose another output directory)") from None
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.exists():
+        raise InfluenceError(f"no file at {path}: fit it first or fix the path")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise InfluenceError(f"{path} is corrupt or not a safetensors file ({e}): delete it so it is refitted") from None

@@ -1,0 +1,162 @@
+"""Tasks: what the model computes, its training loss, the measurement f, and how labels are sampled.
+
+One fitting and scoring code path serves language models and the small tabular models of
+the accuracy study: everything model-specific lives behind this interface. Batches are
+dicts of tensors sharing their first dimension; "positions" are the token axis of the
+tracked layers' inputs (a single position for non-sequence models).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InfluenceError
+from .labels import keyed_normal, keyed_uniform, sample_categorical
+
+
+class Task(ABC):
+    """The training loss L (summed over positions), the measurement f, and the Fisher's label model."""
+
+    #: batch keys a training batch must have
+    train_keys: tuple[str, ...] = ()
+
+    @abstractmethod
+    def forward(self, model, batch: dict) -> torch.Tensor:
+        """The model's outputs (logits or predictions)."""
+
+    @abstractmethod
+    def loss_mask(self, batch: dict) -> torch.Tensor:
+        """(B, T) bool: positions whose output carries a loss term (these enter A and S)."""
+
+    @abstractmethod
+    def loss(self, outputs: torch.Tensor, batch: dict, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Training loss summed over sequences and positions; `labels=None` means the true targets."""
+
+    @abstractmethod
+    def sample_labels(self, outputs: torch.Tensor, batch: dict, indices: torch.Tensor, seed: int) -> torch.Tensor:
+        """Labels drawn from the model's predictive distribution, keyed by (seed, sequence index)."""
+
+    @abstractmethod
+    def measurement(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Σ over rows of f(row): each row's f depends only on that row, so one backward gives every query's gradient."""
+
+    @abstractmethod
+    def output_hvp(self, outputs: torch.Tensor, batch: dict, u: torch.Tensor) -> torch.Tensor:
+        """H u with H the Hessian of the summed loss w.r.t. the outputs (the Gauss–Newton middle factor)."""
+
+    def check_batch(self, batch: dict, what: str = "training data") -> None:
+        missing = [k for k in self.train_keys if k not in batch]
+        if missing:
+            raise InfluenceError(f"{what} lacks {missing}: {type(self).__name__} needs keys {list(self.train_keys)}")
+
+
+class LanguageModelTask(Task):
+    """Causal LM: L = Σ_t CE(z_{t+1} | z_≤t) over non-padding targets; f = log p(completion | prompt)."""
+
+    train_keys = ("input_ids", "attention_mask")
+
+    def forward(self, model, batch):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def loss_mask(self, batch):
+        m = batch["attention_mask"].bool()
+        out = torch.zeros_like(m)
+        out[:, :-1] = m[:, :-1] & m[:, 1:]
+        return out
+
+    def _ce(self, outputs, targets, mask):
+        logits = outputs[:, :-1]
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        return (ce.view(targets.shape) * mask[:, :-1]).sum()
+
+    def loss(self, outputs, batch, labels=None):
+        targets = batch["input_ids"][:, 1:] if labels is None else labels
+        return self._ce(outputs, targets, self.loss_mask(batch))
+
+    def sample_labels(self, outputs, batch, indices, seed):
+        logits = outputs[:, :-1].detach()
+        u = keyed_uniform(indices, logits.shape[1], seed).to(logits.device)
+        return sample_categorical(logits, u)
+
+    def measurement(self, outputs, batch):
+        if "completion_mask" not in batch:
+            raise InfluenceError("query batch lacks completion_mask: encode queries with influence.encode_queries")
+        mask = batch["completion_mask"][:, 1:].bool() & batch["attention_mask"][:, 1:].bool()
+        logp = torch.log_softmax(outputs[:, :-1], dim=-1)
+        tok = logp.gather(-1, batch["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+        return (tok * mask).sum()
+
+    def output_hvp(self, outputs, batch, u):
+        p = torch.softmax(outputs[:, :-1].detach(), dim=-1)
+        v = u[:, :-1]
+        hv = p * v - p * (p * v).sum(-1, keepdim=True)
+        hv = hv * self.loss_mask(batch)[:, :-1].unsqueeze(-1)
+        return torch.cat([hv, torch.zeros_like(u[:, -1:])], dim=1)
+
+
+class RegressionTask(Task):
+    """Squared error L = ½ Σ (y − h(x))², a unit-variance Gaussian likelihood, so H_out = I and ŷ ~ N(h, 1).
+
+    f is the loss on the query points (the paper's accuracy study), or −loss with `measurement="neg_loss"`.
+    """
+
+    train_keys = ("x", "y")
+
+    def __init__(self, measurement: str = "loss"):
+        if measurement not in ("loss", "neg_loss"):
+            raise InfluenceError(f"unknown measurement {measurement!r}: use 'loss' or 'neg_loss'")
+        self._sign = 1.0 if measurement == "loss" else -1.0
+
+    def forward(self, model, batch):
+        return model(batch["x"])
+
+    def loss_mask(self, batch):
+        return torch.ones(batch["x"].shape[0], 1, dtype=torch.bool, device=batch["x"].device)
+
+    def loss(self, outputs, batch, labels=None):
+        y = batch["y"] if labels is None else labels
+        return 0.5 * ((outputs - y.view_as(outputs)) ** 2).sum()
+
+    def sample_labels(self, outputs, batch, indices, seed):
+        noise = keyed_normal(indices, tuple(outputs.shape[1:]), seed).to(outputs)
+        return outputs.detach() + noise
+
+    def measurement(self, outputs, batch):
+        return self._sign * self.loss(outputs, batch)
+
+    def output_hvp(self, outputs, batch, u):
+        return u
+
+
+class ClassificationTask(Task):
+    """Softmax cross-entropy over classes; labels sampled from the predicted class distribution."""
+
+    train_keys = ("x", "y")
+
+    def __init__(self, measurement: str = "loss"):
+        if measurement not in ("loss", "neg_loss"):
+            raise InfluenceError(f"unknown measurement {measurement!r}: use 'loss' or 'neg_loss'")
+        self._sign = 1.0 if measurement == "loss" else -1.0
+
+    def forward(self, model, batch):
+        return model(batch["x"])
+
+    def loss_mask(self, batch):
+        return torch.ones(batch["x"].shape[0], 1, dtype=torch.bool, device=batch["x"].device)
+
+    def loss(self, outputs, batch, labels=None):
+        y = batch["y"] if labels is None else labels
+        return F.cross_entropy(outputs, y, reduction="sum")
+
+    def sample_labels(self, outputs, batch, indices, seed):
+        u = keyed_uniform(indices, 1, seed).to(outputs.device).squeeze(1)
+        return sample_categorical(outputs.detach(), u)
+
+    def measurement(self, outputs, batch):
+        return self._sign * self.loss(outputs, batch)
+
+    def output_hvp(self, outputs, batch, u):
+        p = torch.softmax(outputs.detach(), dim=-1)
+        return p * u - p * (p * u).sum(-1, keepdim=True)
