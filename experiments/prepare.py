@@ -1,0 +1,141 @@
+"""Turn `cfg.data` into token rows: the embedded corpus (generated, tokenizer trained, cached with
+its datasheet) or a local corpus chunked into fixed-length sequences."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from influence.errors import InfluenceError
+
+from . import corpus as corpus_mod
+from .atomic import atomic_dir
+from .corpus import datasheet
+from .fingerprint import fingerprint
+from .local_data import load_local_texts
+from .sequences import chunk_stream, document_rows, encode
+from .tokenizer import load_tokenizer, train_tokenizer
+
+# data keys that change the generated corpus (seq_len does not: it only cuts rows)
+CORPUS_KEYS = ("seed", "n_docs", "mix", "quote_copies", "val_fraction", "n_heldout", "translated_fraction")
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Tokenized training and validation rows with one metadata row per training row."""
+
+    tokenizer: object
+    train_rows: list[list[int]]
+    train_texts: list[str]
+    meta: pd.DataFrame
+    val_rows: list[list[int]]
+    fingerprint: str                  # identifies corpus + tokenizer + seq_len
+    mode: str                         # "documents" (one document per row) or "chunks"
+    corpus_dir: str | None = None     # where the datasheet and tokenizer live (embedded corpus)
+    facts: list | None = None         # fictional facts stated in the corpus (embedded only)
+    heldout: list | None = None       # held-out facts (embedded only)
+
+
+def output_root(cfg: DictConfig) -> Path:
+    out = cfg.get("paths", {}).get("output_dir", "outputs") if "paths" in cfg else "outputs"
+    try:
+        from hydra.utils import to_absolute_path
+        return Path(to_absolute_path(str(out)))
+    except Exception:
+        return Path(out).absolute()
+
+
+def prepare_data(cfg: DictConfig, tokenizer=None) -> Prepared:
+    """Rows for `cfg.data`; with `tokenizer` given (a loaded checkpoint's) no tokenizer is trained."""
+    seq_len = int(cfg.data.seq_len)
+    if seq_len < 8:
+        raise InfluenceError(f"data.seq_len={seq_len} is too short: use at least 8 tokens")
+    if cfg.data.get("path"):
+        return _prepare_local(cfg, tokenizer, seq_len)
+    return _prepare_embedded(cfg, tokenizer, seq_len)
+
+
+def _corpus_config(cfg: DictConfig) -> dict:
+    d = OmegaConf.to_container(cfg.data, resolve=True)
+    return {k: d.get(k) for k in CORPUS_KEYS} | {"generator": corpus_mod.GENERATOR_VERSION}
+
+
+def generate_corpus(cfg: DictConfig) -> corpus_mod.Corpus:
+    d = cfg.data
+    return corpus_mod.generate(
+        seed=int(d.seed), n_docs=int(d.n_docs), mix=dict(d.mix), quote_copies=tuple(d.quote_copies),
+        val_fraction=float(d.val_fraction), n_heldout=int(d.n_heldout), translated_fraction=float(d.translated_fraction),
+    )
+
+
+def _prepare_embedded(cfg: DictConfig, tokenizer, seq_len: int) -> Prepared:
+    corpus_cfg = _corpus_config(cfg)
+    vocab = int(cfg.data.vocab_size)
+    cfp = fingerprint(corpus_cfg, vocab)
+    cdir = output_root(cfg) / "corpora" / f"embedded-{cfp}"
+    if not (cdir / "train.parquet").exists():
+        corpus = generate_corpus(cfg)
+        with atomic_dir(cdir) as tmp:
+            train_df, val_df = pd.DataFrame(corpus.train), pd.DataFrame(corpus.val)
+            tok = train_tokenizer(train_df["text"].tolist(), vocab)
+            tok.save_pretrained(str(tmp / "tokenizer"))
+            train_df["n_tokens"] = [len(r) for r in encode(tok, train_df["text"].tolist())]
+            val_df["n_tokens"] = [len(r) for r in encode(tok, val_df["text"].tolist())]
+            train_df.to_parquet(tmp / "train.parquet")
+            val_df.to_parquet(tmp / "val.parquet")
+            for name, facts in (("facts", corpus.facts), ("heldout_facts", corpus.heldout)):
+                (tmp / f"{name}.jsonl").write_text("".join(json.dumps(dataclasses.asdict(f)) + "\n" for f in facts))
+            (tmp / "datasheet.md").write_text(datasheet.render(train_df, val_df, corpus, corpus_cfg, vocab))
+    train_df = pd.read_parquet(cdir / "train.parquet")
+    val_df = pd.read_parquet(cdir / "val.parquet")
+    facts, heldout = (_read_facts(cdir / f"{n}.jsonl") for n in ("facts", "heldout_facts"))
+    tok = tokenizer if tokenizer is not None else load_tokenizer(str(cdir / "tokenizer"))
+    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
+    texts = train_df["text"].tolist()
+    rows, cut = document_rows(encode(tok, texts), eos, seq_len)
+    val_rows, _ = document_rows(encode(tok, val_df["text"].tolist()), eos, seq_len)
+    meta = train_df.drop(columns=["text"]).copy()
+    meta["n_tokens"] = [len(r) for r in rows]
+    meta["truncated"] = cut
+    meta = meta[["id", "category"] + [c for c in meta.columns if c not in ("id", "category")]]
+    tok_id = "embedded" if tokenizer is None else str(getattr(tokenizer, "name_or_path", "external"))
+    return Prepared(tok, rows, texts, meta, val_rows, fingerprint(cfp, tok_id, seq_len), "documents", str(cdir), facts, heldout)
+
+
+def _read_facts(path: Path) -> list:
+    from .corpus.facts import Fact
+    return [Fact(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _prepare_local(cfg: DictConfig, tokenizer, seq_len: int) -> Prepared:
+    path = str(cfg.data.path)
+    texts = load_local_texts(path, cfg.data.get("text_column"))
+    vocab = int(cfg.data.get("vocab_size", 4096))
+    lfp = fingerprint(str(Path(path).expanduser().resolve()), _stat(path), vocab)
+    tok_id = "trained"
+    if tokenizer is None:
+        tdir = output_root(cfg) / "corpora" / f"local-{lfp}" / "tokenizer"
+        if not tdir.exists():
+            with atomic_dir(tdir) as tmp:
+                train_tokenizer(texts, vocab).save_pretrained(str(tmp))
+        tokenizer = load_tokenizer(str(tdir))
+    else:
+        tok_id = str(getattr(tokenizer, "name_or_path", "external"))
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+    rows, offsets = chunk_stream(encode(tokenizer, texts), eos, seq_len)
+    n_val = int(round(float(cfg.data.get("val_fraction", 0.02)) * len(rows)))
+    n_val = min(max(n_val, 1 if len(rows) > 1 else 0), len(rows) - 1)
+    train_rows, val_rows = rows[: len(rows) - n_val], rows[len(rows) - n_val:]
+    meta = pd.DataFrame({"id": range(len(train_rows)), "category": "local", "source": path,
+                         "offset": offsets[: len(train_rows)], "n_tokens": seq_len})
+    train_texts = [tokenizer.decode(r) for r in train_rows]
+    return Prepared(tokenizer, train_rows, train_texts, meta, val_rows, fingerprint(lfp, tok_id, seq_len), "chunks")
+
+
+def _stat(path: str) -> list:
+    p = Path(path).expanduser()
+    files = sorted(p.rglob("*")) if p.is_dir() else [p]
+    return [(str(f), f.stat().st_size, int(f.stat().st_mtime)) for f in files if f.is_file()]
