@@ -11,13 +11,13 @@ from .curvature import CURVATURES, Curvature, get_curvature_class
 from .errors import InfluenceError
 from .fitting import fit_curvature, load_curvature
 from .modules import TrackedLayer, find_tracked_layers
-from .queries import Query, encode_queries
+from .queries import Query, context_length, encode_queries
 from .scoring import SCALE_CONVENTION, InfluenceScores, compute_scores, precondition_queries, score_captured
 from .tasks import ClassificationTask, LanguageModelTask, RegressionTask, Task
 
 __all__ = [
     "CURVATURES", "ClassificationTask", "Curvature", "InfluenceError", "InfluenceScores", "LanguageModelTask",
-    "Query", "RegressionTask", "SCALE_CONVENTION", "Task", "TrackedLayer", "compute_scores", "encode_queries",
+    "Query", "RegressionTask", "context_length", "SCALE_CONVENTION", "Task", "TrackedLayer", "compute_scores", "encode_queries",
     "find_tracked_layers", "fit_curvature", "get_curvature_class", "load_curvature", "precondition_queries",
     "score_captured",
 ]

@@ -51,3 +51,13 @@ def encode_queries(tokenizer, queries: list[Query], max_length: int | None = Non
         attention_mask[i, : len(r)] = 1
         completion_mask[i, : len(c)] = torch.tensor(c)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+def context_length(model) -> int | None:
+    """The model's maximum sequence length, from its Hugging Face config (None if it declares none)."""
+    cfg = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int):
+            return value
+    return None
