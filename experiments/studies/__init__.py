@@ -1,0 +1,24 @@
+"""Studies, registered by name: each is a function (config, world) -> {table name: DataFrame}."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from influence import InfluenceError
+
+STUDIES: dict[str, Callable] = {}
+
+
+def register(name: str):
+    def wrap(fn):
+        STUDIES[name] = fn
+        return fn
+    return wrap
+
+
+def get_study(name: str) -> Callable:
+    if name not in STUDIES:
+        raise InfluenceError(f"unknown study {name!r}: choose one of {sorted(STUDIES)}")
+    return STUDIES[name]
+
+
+from . import top_influences  # noqa: E402,F401  (registers)
