@@ -48,8 +48,8 @@ def encode_stage(world, queries=None) -> dict[str, torch.Tensor]:
     return encode_queries(world.tokenizer, queries or world.queries, max_length=context_length(world.model))
 
 
-def score_stage(cfg: DictConfig, world, curvature, queries=None, per_layer=False, per_token=False, indices=None):
-    """Score every query against the training set (or a random sample of `score.max_sequences`)."""
+def score_stage(cfg: DictConfig, world, curvature, encoded=None, per_layer=False, per_token=False, indices=None):
+    """Score encoded queries (default: all of the world's) against the training set or a sample of `score.max_sequences`."""
     data = training_data(world)
     n = data["input_ids"].shape[0]
     if indices is None:
@@ -57,6 +57,7 @@ def score_stage(cfg: DictConfig, world, curvature, queries=None, per_layer=False
     if len(indices) == 0:
         raise InfluenceError("no training sequences to score")
     with tqdm(total=len(indices), desc="scoring", unit="seq", dynamic_ncols=True) as bar:
-        return compute_scores(world.model, LanguageModelTask(), curvature, encode_stage(world, queries), data,
+        return compute_scores(world.model, LanguageModelTask(), curvature,
+                              encoded if encoded is not None else encode_stage(world), data,
                               batch_size=int(cfg.score.batch_size), indices=indices, per_layer=per_layer,
                               per_token=per_token, device=cfg.score.device, progress=bar.update)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from ..stages import fit_stage, score_stage
+from ..stages import encode_stage, fit_stage, score_stage
 from . import register
 
 
@@ -35,8 +35,9 @@ def all_scores_table(scores: torch.Tensor, indices: torch.Tensor, queries) -> pd
 
 @register("top_influences")
 def run(cfg, world) -> dict[str, pd.DataFrame]:
+    encoded = encode_stage(world)  # bad queries fail before any fitting
     curvature = fit_stage(cfg, world)
-    result = score_stage(cfg, world, curvature)
+    result = score_stage(cfg, world, curvature, encoded)
     return {
         "top_influences": top_k_table(result.scores, result.indices, world.queries, world.train, int(cfg.score.top_k)),
         "scores": all_scores_table(result.scores, result.indices, world.queries),

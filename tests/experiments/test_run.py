@@ -1,0 +1,53 @@
+"""The runner end to end on the tiny world: tables written, factors cached and reused, bad config refused."""
+import pandas as pd
+import pytest
+from omegaconf import open_dict
+
+from experiments import run as runner
+from experiments.stages import fit_stage
+from influence import InfluenceError
+
+from .conftest import compose_cfg
+
+
+def test_top_influences_job_writes_tables_and_reuses_factors(tiny_cfg, tiny_world, tiny_output_dir, capsys):
+    tables = runner.main(tiny_cfg)
+    run_dir = tiny_output_dir / "runs" / "latest"
+    top = pd.read_parquet(run_dir / "top_influences.parquet")
+    assert list(top.columns[:5]) == ["query", "rank", "sequence_id", "row", "score"]
+    assert set(top["query"]) == {q.name for q in tiny_world.queries}
+    assert (top.groupby("query")["rank"].max() == tiny_cfg.score.top_k).all()
+    # ranks are by descending score, and the table's text is the scored sequence's
+    for _, g in top.groupby("query"):
+        assert g["score"].is_monotonic_decreasing
+    r = top.iloc[0]
+    assert r["text"] == tiny_world.train.texts[r["row"]]
+    scores = pd.read_parquet(run_dir / "scores.parquet")
+    assert len(scores) == len(tiny_world.queries) * tiny_world.train.input_ids.shape[0]
+    assert "scale_convention" in (run_dir / "metadata.json").read_text()
+    printed = capsys.readouterr().out
+    assert "== quote_hamlet" in printed
+    # a memorised quote's top sequence is one of its copies (exact passage among the top)
+    hamlet = top[top["query"] == "quote_hamlet"].iloc[0]
+    assert "To be, or not to be" in hamlet["text"]
+    factors = list((tiny_output_dir / "factors").rglob("ekfac-*.safetensors"))
+    assert len(factors) == 1
+    mtime = factors[0].stat().st_mtime_ns
+    fit_stage(tiny_cfg, tiny_world)  # reused, not refitted
+    assert factors[0].stat().st_mtime_ns == mtime
+
+
+def test_curvature_choices_compose_and_unknown_ones_fail(tiny_cfg, tiny_world):
+    for name in ("ekfac", "kfac", "lissa", "identity"):
+        cfg = compose_cfg(f"curvature={name}")
+        assert cfg.curvature.name == name
+    cfg = tiny_cfg.copy()
+    with open_dict(cfg):
+        cfg.curvature.name = "ekfca"
+    with pytest.raises(InfluenceError, match="unknown curvature 'ekfca'"):
+        fit_stage(cfg, tiny_world)
+    cfg = tiny_cfg.copy()
+    with open_dict(cfg):
+        cfg.curvature.dampnig = 0.3
+    with pytest.raises(InfluenceError, match="no option"):
+        fit_stage(cfg, tiny_world)
