@@ -16,6 +16,7 @@ from .capture import check_finite, eval_mode, frozen_parameters, sequence_gradie
 from .curvature import Curvature
 from .errors import InfluenceError
 from .gradients import capture_pass, query_gradients
+from .lowrank import LowRank, low_rank_queries
 
 SCALE_CONVENTION = ("I = -grad f^T (G + lambda I)^-1 grad L(z_m), no 1/N: f(theta_eps) - f(theta) ~= eps * I "
                     "for z_m added with weight eps (eps = 1/N for one copy); positive = z_m raises f")
@@ -55,7 +56,12 @@ def score_captured(pre: dict[str, torch.Tensor], a: dict, ds: dict, layer_names:
     per_layer, per_tok = [], []
     for name in layer_names:
         q = pre[name].to(a[name].dtype)
-        if per_token:
+        if isinstance(q, LowRank):  # −Σ_k (Ds_t·u_k)(ā_t·v_k): never densified
+            t = -(torch.einsum("btp,qpr->bqtr", ds[name], q.left) * torch.einsum("btm,qmr->bqtr", a[name], q.right)).sum(-1)
+            per_layer.append(t.sum(-1))
+            if per_token:
+                per_tok.append(t)
+        elif per_token:
             t = -torch.einsum("qpm,btm,btp->bqt", q, a[name], ds[name])
             per_tok.append(t)
             per_layer.append(t.sum(-1))
@@ -78,12 +84,14 @@ def compute_scores(
     per_token: bool = False,
     device=None,
     progress=None,
+    query_rank: int | None = None,
 ) -> InfluenceScores:
     """Score every query against the training rows `indices` (default: all) in one pass over them."""
     num_rows(data)
     task.check_batch(data)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    pre = precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()})
+    pre = low_rank_queries(precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()}),
+                           query_rank)
     names = [l.name for l in curvature.layers]
     layer_chunks, token_chunks, rows = [], [], []
     with eval_mode(model), frozen_parameters(model):
@@ -104,5 +112,6 @@ def compute_scores(
         layer_names=names,
         layer_scores=layer_all if per_layer or per_token else None,
         token_scores=torch.cat(token_chunks).permute(1, 0, 2, 3) if per_token else None,
-        metadata={**curvature.describe(), "scale_convention": SCALE_CONVENTION},
+        metadata={**curvature.describe(), "scale_convention": SCALE_CONVENTION,
+                  "query_rank": "full" if query_rank is None else str(query_rank)},
     )

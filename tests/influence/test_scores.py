@@ -141,3 +141,29 @@ def test_query_gradient_is_the_autograd_gradient_of_log_p_completion():
     f = (logp * one["completion_mask"][0, 1:]).sum()
     g = torch.autograd.grad(f, params)
     assert torch.allclose(ours[layers[0].name][1], layers[0].from_parameter_grads(list(g[:2])), rtol=1e-10, atol=1e-14)
+
+
+def test_low_rank_queries_score_like_their_dense_truncation_and_full_rank_is_exact():
+    from influence.lowrank import low_rank_queries, query_bytes, truncate
+
+    model, task = neox(hidden=8, inter=16), LanguageModelTask()
+    data, q = token_data(7, 8), query_batch(3, 4, 3)
+    curv = fit_curvature(model, task, data)
+    full = compute_scores(model, task, curv, q, data, per_token=True)
+    at_full = compute_scores(model, task, curv, q, data, query_rank=64)
+    assert torch.allclose(at_full.scores, full.scores, rtol=1e-10, atol=1e-12)
+    r2 = compute_scores(model, task, curv, q, data, query_rank=2, per_token=True)
+    assert torch.allclose(r2.token_totals.sum(-1), r2.scores, rtol=1e-10, atol=1e-12)
+    # the rank-2 scores are exactly the scores of the rank-2 truncated dense matrices
+    from influence.scoring import precondition_queries, score_captured
+    from influence.gradients import capture_pass
+
+    pre = precondition_queries(model, task, curv, q)
+    dense2 = {k: truncate(v, 2).dense() for k, v in pre.items()}
+    a, ds = capture_pass(model, task, curv.layers, data, "true")
+    layer, _ = score_captured(dense2, a, ds, [l.name for l in curv.layers])
+    assert torch.allclose(layer.sum(-1).T, r2.scores, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(r2.scores, full.scores)
+    shapes = [l.shape for l in curv.layers]
+    assert query_bytes(shapes, 3, 2) == 3 * 4 * sum(2 * (p + m) for p, m in shapes)
+    assert set(low_rank_queries(pre, None)) == set(pre)
