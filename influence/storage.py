@@ -33,8 +33,9 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     meta = {k: str(v) for k, v in metadata.items()}
     try:
         atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=meta))
-    except OSError as e:
-        raise InfluenceError(f"could not write {path}: {e.strerror or e} (free disk space or choose another output directory)") from None
+    except (OSError, SafetensorError) as e:
+        reason = getattr(e, "strerror", None) or str(e).split(":")[-1].strip()
+        raise InfluenceError(f"could not write {path}: {reason} (free disk space or choose another output directory)") from None
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

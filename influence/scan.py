@@ -1,0 +1,204 @@
+"""Searching the training set: one resumable streaming pass scores every query on every candidate.
+
+The pass is cut into chunks of `chunk_batches` batches; each chunk's scores are written
+atomically as they finish, beside a manifest of what produced them (model, curvature,
+queries, candidates, rank). A scan killed at any point and restarted recomputes only the
+missing chunks and ends with exactly the uninterrupted result; a directory holding another
+scan is refused, naming what differs. A second, small pass over each query's top-k gives the
+full-rank re-scores, layer-wise and token-wise breakdowns and the spurious-sequence flag (§5.3).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .batching import iter_batches, num_rows
+from .capture import check_finite, eval_mode, frozen_parameters
+from .curvature import Curvature
+from .errors import InfluenceError
+from .fingerprint import config_fingerprint, model_fingerprint, tensors_fingerprint
+from .gradients import capture_pass
+from .lowrank import LowRank, low_rank_queries
+from .scoring import SCALE_CONVENTION, precondition_queries, score_captured
+from .storage import atomic_write, load_tensors, save_tensors
+
+MANIFEST = "manifest.json"
+SPURIOUS_RATIO = 2 / 3
+
+
+@dataclass
+class ScanResult:
+    scores: torch.Tensor          # (Q, N) every candidate's score, float32
+    indices: torch.Tensor         # (N,) candidate rows of the training data
+    query_names: list[str]
+    metadata: dict = field(default_factory=dict)
+
+    def top_k(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, training rows), each (Q, k'), k' = min(k, N), by descending score."""
+        top = torch.topk(self.scores, min(k, self.scores.shape[1]), dim=1)
+        return top.values, self.indices[top.indices]
+
+
+@dataclass
+class TopBreakdown:
+    """The top-k of one query, re-scored at full rank with layer and token views."""
+
+    rows: torch.Tensor            # (k,) training rows
+    scores: torch.Tensor          # (k,) full-rank scores
+    layer_scores: torch.Tensor    # (k, L)
+    token_scores: torch.Tensor    # (k, L, T)
+
+    @property
+    def sparsity_ratio(self) -> torch.Tensor:
+        """‖a‖₂/‖a‖₁ of the token-wise influences a (summed over layers)."""
+        a = self.token_scores.sum(1)
+        return a.norm(dim=1) / a.abs().sum(1).clamp_min(1e-30)
+
+    @property
+    def spurious(self) -> torch.Tensor:
+        """The paper's heuristic: a sequence whose influence sits on very few tokens is flagged."""
+        return self.sparsity_ratio > SPURIOUS_RATIO
+
+
+def _manifest(model, curvature, queries, names, data, indices, rank, batch_size, chunk_batches) -> dict:
+    return {
+        "model": model_fingerprint(model),
+        "curvature": config_fingerprint({**curvature.describe(), "state": tensors_fingerprint(curvature.state())}),
+        "queries": tensors_fingerprint({**{k: v.cpu() for k, v in queries.items()}}) + ":" + config_fingerprint(names),
+        "candidates": tensors_fingerprint({"indices": indices, **{k: v[indices] for k, v in data.items()}}),
+        "query_rank": "full" if rank is None else int(rank),
+        "batch_size": int(batch_size),
+        "chunk_batches": int(chunk_batches),
+        "num_candidates": int(len(indices)),
+        "query_names": list(names),
+    }
+
+
+def _check_or_write_manifest(out_dir: Path, manifest: dict) -> None:
+    path = out_dir / MANIFEST
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError):
+            raise InfluenceError(f"{path} is corrupt: delete the scan directory {out_dir} to start over") from None
+        differ = [k for k in manifest if old.get(k) != manifest[k]]
+        if differ:
+            raise InfluenceError(f"{out_dir} holds a scan with other {', '.join(differ)}: "
+                                 f"resume only the same scan, or use a new output directory")
+        for stale in out_dir.glob(".chunk-*.tmp"):  # a write cut off by a kill
+            stale.unlink()
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(manifest, indent=2)
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    except OSError as e:
+        raise InfluenceError(f"could not write {path}: {e.strerror or e} (free disk space or choose another directory)") from None
+
+
+def scan(
+    model,
+    task,
+    curvature: Curvature,
+    queries: dict[str, torch.Tensor],
+    data: dict[str, torch.Tensor],
+    out_dir: str | Path,
+    query_names: list[str] | None = None,
+    indices: torch.Tensor | None = None,
+    batch_size: int = 16,
+    query_rank: int | None = None,
+    chunk_batches: int = 8,
+    device=None,
+    progress: bool = True,
+) -> ScanResult:
+    """Score every query on every candidate row (default: all rows), resuming from `out_dir` if it holds this scan."""
+    n = num_rows(data)
+    task.check_batch(data)
+    indices = torch.arange(n) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+    if len(indices) == 0:
+        raise InfluenceError("no candidate sequences to scan")
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    num_q = next(iter(queries.values())).shape[0]
+    names = list(query_names) if query_names is not None else [f"query_{i}" for i in range(num_q)]
+    out_dir = Path(out_dir)
+    _check_or_write_manifest(out_dir, _manifest(model, curvature, queries, names, data, indices, query_rank,
+                                                batch_size, chunk_batches))
+    pre = low_rank_queries(precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()}),
+                           query_rank)
+    layer_names = [l.name for l in curvature.layers]
+    rows_per_chunk = batch_size * chunk_batches
+    num_chunks = (len(indices) + rows_per_chunk - 1) // rows_per_chunk
+    chunks = []
+    bar = tqdm(total=len(indices), desc="scan", unit="seq", disable=not progress, dynamic_ncols=True, mininterval=1.0)
+    with eval_mode(model), frozen_parameters(model), bar:
+        for c in range(num_chunks):
+            path = out_dir / f"chunk-{c:06d}.safetensors"
+            sel = indices[c * rows_per_chunk : (c + 1) * rows_per_chunk]
+            if path.exists():
+                tensors, meta = load_tensors(path)
+                if meta.get("chunk") != str(c) or not torch.equal(tensors["indices"], sel):
+                    raise InfluenceError(f"{path} does not belong to this scan: delete the scan directory {out_dir}")
+                chunks.append(tensors["scores"])
+                bar.update(len(sel))
+                continue
+            parts = []
+            for _, batch in iter_batches(data, batch_size, sel, dev):
+                a, ds = capture_pass(model, task, curvature.layers, batch, "true")
+                layer, _ = score_captured(pre, a, ds, layer_names)
+                part = layer.sum(-1)
+                check_finite(part, f"the scores of chunk {c}")
+                parts.append(part.float().cpu())
+                bar.update(part.shape[0])
+            scores = torch.cat(parts).T.contiguous()  # (Q, rows)
+            save_tensors(path, {"scores": scores, "indices": sel}, {"chunk": str(c)})
+            chunks.append(scores)
+    return ScanResult(
+        scores=torch.cat(chunks, dim=1),
+        indices=indices,
+        query_names=names,
+        metadata={**curvature.describe(), "scale_convention": SCALE_CONVENTION,
+                  "query_rank": "full" if query_rank is None else str(query_rank),
+                  "num_candidates": str(len(indices))},
+    )
+
+
+def top_k_breakdown(
+    model,
+    task,
+    curvature: Curvature,
+    queries: dict[str, torch.Tensor],
+    data: dict[str, torch.Tensor],
+    top_rows: torch.Tensor,
+    batch_size: int = 16,
+    device=None,
+) -> list[TopBreakdown]:
+    """For each query q, full-rank layer- and token-wise scores of its rows `top_rows[q]` (one pass over their union)."""
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    pre = precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()})
+    names = [l.name for l in curvature.layers]
+    union = torch.unique(top_rows.flatten())
+    per_query: list[dict[int, tuple]] = [dict() for _ in range(top_rows.shape[0])]
+    wanted = [set(r.tolist()) for r in top_rows]
+    with eval_mode(model), frozen_parameters(model):
+        for sel, batch in iter_batches(data, batch_size, union, dev):
+            a, ds = capture_pass(model, task, curvature.layers, batch, "true")
+            for q in range(top_rows.shape[0]):
+                keep = [i for i, r in enumerate(sel.tolist()) if r in wanted[q]]
+                if not keep:
+                    continue
+                k = torch.tensor(keep, device=dev)
+                layer, tok = score_captured({n: pre[n][q : q + 1] for n in names},
+                                            {n: a[n][k] for n in names}, {n: ds[n][k] for n in names},
+                                            names, per_token=True)
+                for j, i in enumerate(keep):
+                    per_query[q][int(sel[i])] = (layer[j, 0].cpu(), tok[j, 0].cpu())
+    out = []
+    for q, rows in enumerate(top_rows):
+        layers = torch.stack([per_query[q][int(r)][0] for r in rows])
+        tokens = torch.stack([per_query[q][int(r)][1] for r in rows])
+        out.append(TopBreakdown(rows=rows.clone(), scores=layers.sum(-1), layer_scores=layers, token_scores=tokens))
+    return out
