@@ -101,8 +101,13 @@ def batches(prep: Prepared, seq_len: int, batch_size: int, pad_id: int, seed: in
         epoch += 1
 
 
-def train(model, prep: Prepared, tcfg: DictConfig, seq_len: int, seed: int, desc: str = "train") -> tuple[dict, pd.DataFrame]:
-    """Train in place; returns the summary report and the loss curve."""
+def train(model, prep: Prepared, tcfg: DictConfig, seq_len: int, seed: int, desc: str = "train",
+          stop_when=None) -> tuple[dict, pd.DataFrame]:
+    """Train in place; returns the summary report and the loss curve.
+
+    `stop_when(model) -> bool`, checked at each evaluation, ends training early (used by tests
+    that train "until" the model can do something).
+    """
     pad_id = prep.tokenizer.pad_token_id
     steps = max(1, int(tcfg.tokens) // (tcfg.batch_size * seq_len))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -132,6 +137,10 @@ def train(model, prep: Prepared, tcfg: DictConfig, seq_len: int, seed: int, desc
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             row["val_loss"] = eval_loss(model, val, pad_id)
         curve.append(row)
+        if "val_loss" in row and stop_when is not None:
+            if stop_when(model):
+                break
+            model.train()
     seconds = time.perf_counter() - t0
     model.eval()
     curve = pd.DataFrame(curve)
@@ -139,7 +148,7 @@ def train(model, prep: Prepared, tcfg: DictConfig, seq_len: int, seed: int, desc
     late = evals[evals["step"] >= 0.8 * steps]
     tail_drop = float(late["val_loss"].iloc[0] - late["val_loss"].iloc[-1]) if len(late) > 1 else float("nan")
     report = {
-        "steps": steps, "tokens_seen": seen, "epochs": round(seen / max(1, sum(map(len, prep.train_rows))), 3),
+        "steps": len(curve), "tokens_seen": seen, "epochs": round(seen / max(1, sum(map(len, prep.train_rows))), 3),
         "train_seconds": round(seconds, 1), "tokens_per_second": round(seen / seconds, 1),
         "final_train_loss_ema": round(ema, 4), "heldout_loss": round(float(evals["val_loss"].iloc[-1]), 4),
         "heldout_loss_drop_last_20pct": round(tail_drop, 4),
