@@ -16,6 +16,9 @@ from influence import (InfluenceError, LanguageModelTask, compute_scores, contex
                        find_tracked_layers, fit_curvature)
 from influence.batching import sample_indices
 from influence.curvature import get_curvature_class
+from influence.fingerprint import config_fingerprint
+from influence.lowrank import plan_query_rank
+from influence.scan import scan, top_k_breakdown
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +64,40 @@ def score_stage(cfg: DictConfig, world, curvature, encoded=None, per_layer=False
                               encoded if encoded is not None else encode_stage(world), data,
                               batch_size=int(cfg.score.batch_size), indices=indices, per_layer=per_layer,
                               per_token=per_token, device=cfg.score.device, progress=bar.update)
+
+
+def candidate_rows(cfg: DictConfig, world) -> torch.Tensor:
+    """The rows a scan scores: the whole training set, or a reproducible random sample of `score.max_sequences`."""
+    return sample_indices(world.train.input_ids.shape[0], cfg.score.get("max_sequences"), int(cfg.seed))
+
+
+def query_rank(cfg: DictConfig, curvature, num_queries: int) -> int | None:
+    rank = cfg.score.get("query_rank", None)
+    if rank == "auto":
+        return plan_query_rank([l.shape for l in curvature.layers], num_queries, int(cfg.score.query_memory_mb) * 2**20)
+    return None if rank is None else int(rank)
+
+
+def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
+    """Resumable scan of the candidates with every query; its directory is keyed by what it depends on."""
+    queries = list(queries or world.queries)
+    encoded = encode_stage(world, queries)
+    indices = candidate_rows(cfg, world) if indices is None else indices
+    rank = query_rank(cfg, curvature, len(queries))
+    key = config_fingerprint({"curvature": curvature.describe(), "queries": [(q.name, q.prompt, q.completion) for q in queries],
+                              "rows": indices.tolist(), "rank": rank, "batch": int(cfg.score.batch_size),
+                              "chunk": int(cfg.score.chunk_batches)})
+    out_dir = Path(cfg.paths.output_dir) / "scans" / world.name / key
+    log.info("scanning %d candidates with %d queries (query rank %s) into %s", len(indices), len(queries),
+             "full" if rank is None else rank, out_dir)
+    return scan(world.model, LanguageModelTask(), curvature, encoded, training_data(world), out_dir,
+                query_names=[q.name for q in queries], indices=indices, batch_size=int(cfg.score.batch_size),
+                query_rank=rank, chunk_batches=int(cfg.score.chunk_batches), device=cfg.score.device)
+
+
+def breakdown_stage(cfg: DictConfig, world, curvature, result, k: int, queries=None):
+    """Full-rank layer- and token-wise scores of each query's top k."""
+    queries = list(queries or world.queries)
+    _, rows = result.top_k(k)
+    return top_k_breakdown(world.model, LanguageModelTask(), curvature, encode_stage(world, queries),
+                           training_data(world), rows, batch_size=int(cfg.score.batch_size), device=cfg.score.device)

@@ -1,45 +1,54 @@
-"""The first job: per query, the most influential training sequences (paper Figs. 1, 10-16 listings)."""
+"""The first job: per query, the most influential training sequences (paper Figs. 1, 10-16 listings).
+
+A resumable scan scores every query on every candidate; a second pass re-scores each query's
+top k at full rank with layer- and token-wise breakdowns and the spurious-sequence flag.
+"""
 from __future__ import annotations
 
 import pandas as pd
 import torch
 
-from ..stages import encode_stage, fit_stage, score_stage
+from ..stages import breakdown_stage, encode_stage, fit_stage, scan_stage
 from . import register
 
 
-def top_k_table(scores: torch.Tensor, indices: torch.Tensor, queries, train, k: int) -> pd.DataFrame:
-    """One row per (query, rank): the k highest-scoring training sequences of each query."""
+def top_k_table(tops, scan_scores: torch.Tensor, queries, train, layer_names) -> pd.DataFrame:
+    """One row per (query, rank), ranked by the full-rank score of the scan's top k."""
     rows = []
-    k = min(k, scores.shape[1])
-    top = torch.topk(scores, k, dim=1)
-    for qi, q in enumerate(queries):
-        for rank, (val, col) in enumerate(zip(top.values[qi].tolist(), top.indices[qi].tolist()), start=1):
-            seq = int(indices[col])
+    for qi, (q, t) in enumerate(zip(queries, tops)):
+        order = torch.argsort(t.scores, descending=True)
+        for rank, j in enumerate(order.tolist(), start=1):
+            seq = int(t.rows[j])
             meta = train.meta.iloc[seq]
             rows.append({"query": q.name, "rank": rank, "sequence_id": int(meta.get("id", seq)), "row": seq,
-                         "score": val, "category": meta.get("category", ""), "text": train.texts[seq]})
+                         "score": float(t.scores[j]), "category": meta.get("category", ""),
+                         "spurious": bool(t.spurious[j]), "sparsity_ratio": float(t.sparsity_ratio[j]),
+                         **{f"layer_{i}": float(v) for i, v in enumerate(t.layer_scores[j])},
+                         "text": train.texts[seq]})
     return pd.DataFrame(rows)
 
 
-def all_scores_table(scores: torch.Tensor, indices: torch.Tensor, queries) -> pd.DataFrame:
-    """Every (query, sequence) score, long format: the distribution studies read this."""
-    q = len(queries)
-    n = scores.shape[1]
+def all_scores_table(result, world) -> pd.DataFrame:
+    """Every (query, candidate) score, long format: the distribution studies read this."""
+    q, n = result.scores.shape
+    cats = world.train.meta["category"].to_numpy() if "category" in world.train.meta else None
     return pd.DataFrame({
-        "query": [qq.name for qq in queries for _ in range(n)],
-        "row": indices.repeat(q).numpy(),
-        "score": scores.reshape(-1).numpy(),
+        "query": [name for name in result.query_names for _ in range(n)],
+        "row": result.indices.repeat(q).numpy(),
+        "score": result.scores.reshape(-1).numpy(),
+        **({"category": list(cats[result.indices.numpy()]) * q} if cats is not None else {}),
     })
 
 
 @register("top_influences")
 def run(cfg, world) -> dict[str, pd.DataFrame]:
-    encoded = encode_stage(world)  # bad queries fail before any fitting
+    encode_stage(world)  # bad queries fail before any fitting
     curvature = fit_stage(cfg, world)
-    result = score_stage(cfg, world, curvature, encoded)
+    result = scan_stage(cfg, world, curvature)
+    tops = breakdown_stage(cfg, world, curvature, result, int(cfg.score.top_k))
     return {
-        "top_influences": top_k_table(result.scores, result.indices, world.queries, world.train, int(cfg.score.top_k)),
-        "scores": all_scores_table(result.scores, result.indices, world.queries),
-        "_metadata": pd.DataFrame([{**result.metadata, "model": world.name}]),
+        "top_influences": top_k_table(tops, result.scores, world.queries, world.train, [l.name for l in curvature.layers]),
+        "scores": all_scores_table(result, world),
+        "_metadata": pd.DataFrame([{**result.metadata, "model": world.name,
+                                    "layers": ",".join(l.name for l in curvature.layers)}]),
     }

@@ -14,7 +14,7 @@ def test_top_influences_job_writes_tables_and_reuses_factors(tiny_cfg, tiny_worl
     tables = runner.main(tiny_cfg)
     run_dir = tiny_output_dir / "runs" / "latest"
     top = pd.read_parquet(run_dir / "top_influences.parquet")
-    assert list(top.columns[:5]) == ["query", "rank", "sequence_id", "row", "score"]
+    assert list(top.columns[:7]) == ["query", "rank", "sequence_id", "row", "score", "category", "spurious"]
     assert set(top["query"]) == {q.name for q in tiny_world.queries}
     assert (top.groupby("query")["rank"].max() == tiny_cfg.score.top_k).all()
     # ranks are by descending score, and the table's text is the scored sequence's
