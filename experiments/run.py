@@ -50,6 +50,10 @@ def main(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     tables = study(cfg, world)
     run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir) / "runs" / "latest"
     write_tables(tables, run_dir)
+    from analysis.figures import draw_all
+
+    for path in draw_all(tables, run_dir):
+        log.info("figure %s", path)
     if "top_influences" in tables:
         print_top(tables["top_influences"])
     print(f"\nresults in {run_dir}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InfluenceError
+from .threads import SMALL, single_thread
 
 
 @dataclass
@@ -36,7 +37,8 @@ def truncate(mat: torch.Tensor, rank: int) -> LowRank:
     if rank < 1:
         raise InfluenceError(f"query rank must be a positive integer or null for full rank, got {rank}")
     r = min(rank, mat.shape[-2], mat.shape[-1])
-    u, s, vh = torch.linalg.svd(mat.double(), full_matrices=False)
+    with single_thread(max(mat.shape[-2:]) <= SMALL):
+        u, s, vh = torch.linalg.svd(mat.double(), full_matrices=False)
     left = (u[..., :r] * s[..., None, :r]).to(mat.dtype)
     return LowRank(left, vh[..., :r, :].transpose(-1, -2).to(mat.dtype))
 

@@ -202,3 +202,28 @@ def top_k_breakdown(
         tokens = torch.stack([per_query[q][int(r)][1] for r in rows])
         out.append(TopBreakdown(rows=rows.clone(), scores=layers.sum(-1), layer_scores=layers, token_scores=tokens))
     return out
+
+
+def scores_at_ranks(
+    model,
+    task,
+    curvature: Curvature,
+    queries: dict[str, torch.Tensor],
+    data: dict[str, torch.Tensor],
+    ranks: list[int | None],
+    indices: torch.Tensor | None = None,
+    batch_size: int = 16,
+    device=None,
+) -> dict[int | None, torch.Tensor]:
+    """Scores (Q, N) of the same candidates at several query ranks (None = full), from one capture per batch."""
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    pre = precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()})
+    reps = {r: low_rank_queries(pre, r) for r in ranks}
+    names = [l.name for l in curvature.layers]
+    parts: dict = {r: [] for r in ranks}
+    with eval_mode(model), frozen_parameters(model):
+        for _, batch in iter_batches(data, batch_size, indices, dev):
+            a, ds = capture_pass(model, task, curvature.layers, batch, "true")
+            for r, rep in reps.items():
+                parts[r].append(score_captured(rep, a, ds, names)[0].sum(-1).cpu())
+    return {r: torch.cat(p).T for r, p in parts.items()}

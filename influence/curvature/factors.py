@@ -17,6 +17,7 @@ from ..capture import check_finite, eval_mode, frozen_parameters, sequence_gradi
 from ..errors import InfluenceError
 from ..gradients import capture_pass
 from ..modules import TrackedLayer
+from ..threads import SMALL, single_thread
 
 
 def _blocks(dim: int, n: int) -> list[tuple[int, int]]:
@@ -32,7 +33,8 @@ def stable_eigh(mat: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tenso
     scale = max(float(torch.diagonal(m).abs().mean()), 1e-30)
     for attempt in range(4):
         try:
-            vals, vecs = torch.linalg.eigh(m)
+            with single_thread(m.shape[0] <= SMALL):
+                vals, vecs = torch.linalg.eigh(m)
             if torch.isfinite(vals).all() and torch.isfinite(vecs).all():
                 return vals.clamp_min(0.0), vecs
         except RuntimeError:

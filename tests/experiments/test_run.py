@@ -51,3 +51,21 @@ def test_curvature_choices_compose_and_unknown_ones_fail(tiny_cfg, tiny_world):
         cfg.curvature.dampnig = 0.3
     with pytest.raises(InfluenceError, match="no option"):
         fit_stage(cfg, tiny_world)
+
+
+def test_query_rank_study_writes_fig3_table_and_figure(tiny_cfg, tiny_world, tiny_output_dir):
+    from omegaconf import OmegaConf
+    cfg = tiny_cfg.copy()
+    with open_dict(cfg):
+        cfg.study = "query_rank"
+        cfg.ranks = [2, 8, 32]
+        cfg.score.max_sequences = 64
+    tables = runner.main(cfg)
+    t = tables["query_rank"]
+    assert set(t["rank"]) == {2, 8, 32} and set(t["query"]) == {q.name for q in tiny_world.queries}
+    assert t["pearson"].between(-1, 1).all()
+    # correlation with full rank does not fall as the rank grows (best rank-r approximations are nested)
+    mean = t.groupby("rank")["pearson"].mean()
+    assert mean[32] >= mean[2] - 1e-6 and mean[32] > 0.9
+    run_dir = tiny_output_dir / "runs" / "latest"
+    assert (run_dir / "fig3_query_rank.png").stat().st_size > 1000 and (run_dir / "fig3_query_rank.pdf").exists()

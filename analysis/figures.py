@@ -1,0 +1,55 @@
+"""Paper-style figures drawn from result tables only, saved as PNG and PDF."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def save(fig, path_stem: str | Path) -> list[Path]:
+    """Write `<stem>.png` and `<stem>.pdf`; return both paths."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p, bbox_inches="tight", dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def rank_correlation(table: pd.DataFrame, title: str = "Query batching: rank-r vs full-rank scores") -> plt.Figure:
+    """Fig. 3: Pearson correlation of rank-r and full-rank scores per query, against r."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for query, g in table.groupby("query", sort=False):
+        g = g.sort_values("rank")
+        ax.plot(g["rank"], g["pearson"], marker="o", lw=1, alpha=0.7, label=query)
+    mean = table.groupby("rank")["pearson"].mean()
+    ax.plot(mean.index, mean.values, color="black", lw=2.5, marker="s", label="mean")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(table["rank"].unique()))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("query gradient rank r")
+    ax.set_ylabel("Pearson r with full rank")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2, loc="lower right")
+    return fig
+
+
+#: figures drawn from each result table, by table name: (file stem, drawing function)
+FIGURES_BY_TABLE = {
+    "query_rank": [("fig3_query_rank", rank_correlation)],
+}
+
+
+def draw_all(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
+    """Every figure that the given tables support, saved into `out_dir`."""
+    written = []
+    for name, df in tables.items():
+        for stem, draw in FIGURES_BY_TABLE.get(name, []):
+            written += save(draw(df), Path(out_dir) / stem)
+    return written
