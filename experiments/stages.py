@@ -71,6 +71,20 @@ def candidate_rows(cfg: DictConfig, world) -> torch.Tensor:
     return sample_indices(world.train.input_ids.shape[0], cfg.score.get("max_sequences"), int(cfg.seed))
 
 
+def tfidf_candidates(cfg: DictConfig, world, encoded) -> list[torch.Tensor]:
+    """Per query, the top `filter.top_k` training rows by BM25 over the query's prompt and completion tokens."""
+    from influence.filtering import BM25Index
+
+    f = cfg.filter
+    index = BM25Index.build(world.train.input_ids, vocab_size=len(world.tokenizer), mode=str(f.mode), k1=float(f.k1),
+                            attention_mask=world.train.attention_mask)
+    tops = index.top_k_many(encoded["input_ids"], f.top_k, attention_mask=encoded["attention_mask"])
+    for q, t in zip(world.queries, tops):
+        if t.no_overlap:
+            log.warning("query %s shares no token with the corpus: the TF-IDF filter gives it no candidates", q.name)
+    return [torch.as_tensor(t.indices, dtype=torch.long) for t in tops]
+
+
 def query_rank(cfg: DictConfig, curvature, num_queries: int) -> int | None:
     rank = cfg.score.get("query_rank", None)
     if rank == "auto":
@@ -82,6 +96,14 @@ def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
     """Resumable scan of the candidates with every query; its directory is keyed by what it depends on."""
     queries = list(queries or world.queries)
     encoded = encode_stage(world, queries)
+    per_query = None
+    if indices is None and cfg.filter.name == "tfidf":
+        per_query = tfidf_candidates(cfg, world, encoded)
+        indices = torch.unique(torch.cat(per_query)) if per_query else torch.empty(0, dtype=torch.long)
+        if len(indices) == 0:
+            raise InfluenceError("the TF-IDF filter found no candidate for any query: the queries share no token with the corpus")
+    elif cfg.filter.name not in ("none", "tfidf"):
+        raise InfluenceError(f"unknown filter {cfg.filter.name!r}: use filter=none or filter=tfidf")
     indices = candidate_rows(cfg, world) if indices is None else indices
     rank = query_rank(cfg, curvature, len(queries))
     key = config_fingerprint({"curvature": curvature.describe(), "queries": [(q.name, q.prompt, q.completion) for q in queries],
@@ -90,9 +112,13 @@ def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
     out_dir = Path(cfg.paths.output_dir) / "scans" / world.name / key
     log.info("scanning %d candidates with %d queries (query rank %s) into %s", len(indices), len(queries),
              "full" if rank is None else rank, out_dir)
-    return scan(world.model, LanguageModelTask(), curvature, encoded, training_data(world), out_dir,
-                query_names=[q.name for q in queries], indices=indices, batch_size=int(cfg.score.batch_size),
-                query_rank=rank, chunk_batches=int(cfg.score.chunk_batches), device=cfg.score.device)
+    result = scan(world.model, LanguageModelTask(), curvature, encoded, training_data(world), out_dir,
+                  query_names=[q.name for q in queries], indices=indices, batch_size=int(cfg.score.batch_size),
+                  query_rank=rank, chunk_batches=int(cfg.score.chunk_batches), device=cfg.score.device)
+    if per_query is not None:
+        result = result.restricted_to(per_query)
+    result.metadata["filter"] = "none" if per_query is None else f"tfidf top_k={cfg.filter.top_k} mode={cfg.filter.mode}"
+    return result
 
 
 def breakdown_stage(cfg: DictConfig, world, curvature, result, k: int, queries=None):

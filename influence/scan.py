@@ -38,9 +38,18 @@ class ScanResult:
     metadata: dict = field(default_factory=dict)
 
     def top_k(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(values, training rows), each (Q, k'), k' = min(k, N), by descending score."""
-        top = torch.topk(self.scores, min(k, self.scores.shape[1]), dim=1)
+        """(values, training rows), each (Q, k'), k' = min(k, candidates of the query with fewest), by descending score."""
+        k = min(k, int(torch.isfinite(self.scores).sum(1).min()))
+        top = torch.topk(torch.nan_to_num(self.scores, nan=-torch.inf), k, dim=1)
         return top.values, self.indices[top.indices]
+
+    def restricted_to(self, rows_per_query: list[torch.Tensor]) -> "ScanResult":
+        """Each query keeps only its own candidate rows (e.g. its TF-IDF top k); the others become NaN."""
+        keep = torch.zeros_like(self.scores, dtype=torch.bool)
+        pos = {int(r): j for j, r in enumerate(self.indices)}
+        for q, rows in enumerate(rows_per_query):
+            keep[q, [pos[int(r)] for r in rows]] = True
+        return ScanResult(torch.where(keep, self.scores, torch.nan), self.indices, self.query_names, dict(self.metadata))
 
 
 @dataclass

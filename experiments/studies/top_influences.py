@@ -32,12 +32,13 @@ def all_scores_table(result, world) -> pd.DataFrame:
     """Every (query, candidate) score, long format: the distribution studies read this."""
     q, n = result.scores.shape
     cats = world.train.meta["category"].to_numpy() if "category" in world.train.meta else None
-    return pd.DataFrame({
+    df = pd.DataFrame({
         "query": [name for name in result.query_names for _ in range(n)],
         "row": result.indices.repeat(q).numpy(),
         "score": result.scores.reshape(-1).numpy(),
         **({"category": list(cats[result.indices.numpy()]) * q} if cats is not None else {}),
     })
+    return df[df["score"].notna()].reset_index(drop=True)  # a filtered scan scores each query on its own candidates
 
 
 @register("top_influences")

@@ -1,5 +1,6 @@
 """The runner end to end on the tiny world: tables written, factors cached and reused, bad config refused."""
 import pandas as pd
+import torch
 import pytest
 from omegaconf import open_dict
 
@@ -69,3 +70,27 @@ def test_query_rank_study_writes_fig3_table_and_figure(tiny_cfg, tiny_world, tin
     assert mean[32] >= mean[2] - 1e-6 and mean[32] > 0.9
     run_dir = tiny_output_dir / "runs" / "latest"
     assert (run_dir / "fig3_query_rank.png").stat().st_size > 1000 and (run_dir / "fig3_query_rank.pdf").exists()
+
+
+def test_tfidf_filter_scores_each_query_on_its_own_candidates(tiny_cfg, tiny_world):
+    from omegaconf import OmegaConf
+
+    from influence.filtering import BM25Index
+    from experiments.stages import encode_stage, scan_stage
+
+    cfg = tiny_cfg.copy()
+    with open_dict(cfg):
+        cfg.filter = OmegaConf.create({"name": "tfidf", "top_k": 20, "mode": "binary", "k1": 1.5})
+    curvature = fit_stage(cfg, tiny_world)
+    result = scan_stage(cfg, tiny_world, curvature)
+    enc = encode_stage(tiny_world)
+    index = BM25Index.build(tiny_world.train.input_ids, vocab_size=len(tiny_world.tokenizer),
+                            attention_mask=tiny_world.train.attention_mask)
+    for qi, q in enumerate(tiny_world.queries):
+        expected = set(index.top_k(enc["input_ids"][qi][enc["attention_mask"][qi].bool()], 20).indices.tolist())
+        scored = set(result.indices[result.scores[qi].isfinite()].tolist())
+        assert scored == expected
+    _, rows = result.top_k(5)
+    for qi in range(len(tiny_world.queries)):
+        assert torch.isfinite(result.scores[qi, [list(result.indices).index(r) for r in rows[qi].tolist()]]).all()
+    assert result.metadata["filter"].startswith("tfidf")
