@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from influence.storage import atomic_write
+
 
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike):
@@ -26,9 +28,4 @@ def atomic_dir(final: str | os.PathLike):
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

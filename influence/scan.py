@@ -73,6 +73,12 @@ class TopBreakdown:
         return self.sparsity_ratio > SPURIOUS_RATIO
 
 
+def _preconditioned(model, task, curvature, queries, device):
+    """The device to work on and every query's preconditioned gradient, computed there."""
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    return dev, precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()})
+
+
 def _manifest(model, curvature, queries, names, data, indices, rank, batch_size, chunk_batches) -> dict:
     return {
         "model": model_fingerprint(model),
@@ -136,8 +142,7 @@ def scan(
     out_dir = Path(out_dir)
     _check_or_write_manifest(out_dir, _manifest(model, curvature, queries, names, data, indices, query_rank,
                                                 batch_size, chunk_batches))
-    pre = low_rank_queries(precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()}),
-                           query_rank)
+    pre = low_rank_queries(_preconditioned(model, task, curvature, queries, dev)[1], query_rank)
     layer_names = [l.name for l in curvature.layers]
     rows_per_chunk = batch_size * chunk_batches
     num_chunks = (len(indices) + rows_per_chunk - 1) // rows_per_chunk
@@ -186,8 +191,7 @@ def top_k_breakdown(
     device=None,
 ) -> list[TopBreakdown]:
     """For each query q, full-rank layer- and token-wise scores of its rows `top_rows[q]` (one pass over their union)."""
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    pre = precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()})
+    dev, pre = _preconditioned(model, task, curvature, queries, device)
     names = [l.name for l in curvature.layers]
     union = torch.unique(top_rows.flatten())
     per_query: list[dict[int, tuple]] = [dict() for _ in range(top_rows.shape[0])]
@@ -225,8 +229,7 @@ def scores_at_ranks(
     device=None,
 ) -> dict[int | None, torch.Tensor]:
     """Scores (Q, N) of the same candidates at several query ranks (None = full), from one capture per batch."""
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    pre = precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()})
+    dev, pre = _preconditioned(model, task, curvature, queries, device)
     reps = {r: low_rank_queries(pre, r) for r in ranks}
     names = [l.name for l in curvature.layers]
     parts: dict = {r: [] for r in ranks}

@@ -96,11 +96,8 @@ class LanguageModelTask(Task):
         return torch.cat([hv, torch.zeros_like(u[:, -1:])], dim=1)
 
 
-class RegressionTask(Task):
-    """Squared error L = ½ Σ (y − h(x))², a unit-variance Gaussian likelihood, so H_out = I and ŷ ~ N(h, 1).
-
-    f is the loss on the query points (the paper's accuracy study), or −loss with `measurement="neg_loss"`.
-    """
+class TabularTask(Task):
+    """Models of one input row → one output: a single "position" per example, f = loss on the query rows."""
 
     train_keys = ("x", "y")
 
@@ -114,6 +111,16 @@ class RegressionTask(Task):
 
     def loss_mask(self, batch):
         return torch.ones(batch["x"].shape[0], 1, dtype=torch.bool, device=batch["x"].device)
+
+    def measurement(self, outputs, batch):
+        return self._sign * self.loss(outputs, batch)
+
+
+class RegressionTask(TabularTask):
+    """Squared error L = ½ Σ (y − h(x))², a unit-variance Gaussian likelihood, so H_out = I and ŷ ~ N(h, 1).
+
+    f is the loss on the query points (the paper's accuracy study), or −loss with `measurement="neg_loss"`.
+    """
 
     def loss(self, outputs, batch, labels=None):
         y = batch["y"] if labels is None else labels
@@ -123,28 +130,12 @@ class RegressionTask(Task):
         noise = keyed_normal(indices, tuple(outputs.shape[1:]), seed).to(outputs)
         return outputs.detach() + noise
 
-    def measurement(self, outputs, batch):
-        return self._sign * self.loss(outputs, batch)
-
     def output_hvp(self, outputs, batch, u):
         return u
 
 
-class ClassificationTask(Task):
+class ClassificationTask(TabularTask):
     """Softmax cross-entropy over classes; labels sampled from the predicted class distribution."""
-
-    train_keys = ("x", "y")
-
-    def __init__(self, measurement: str = "loss"):
-        if measurement not in ("loss", "neg_loss"):
-            raise InfluenceError(f"unknown measurement {measurement!r}: use 'loss' or 'neg_loss'")
-        self._sign = 1.0 if measurement == "loss" else -1.0
-
-    def forward(self, model, batch):
-        return model(batch["x"])
-
-    def loss_mask(self, batch):
-        return torch.ones(batch["x"].shape[0], 1, dtype=torch.bool, device=batch["x"].device)
 
     def loss(self, outputs, batch, labels=None):
         y = batch["y"] if labels is None else labels
@@ -153,9 +144,6 @@ class ClassificationTask(Task):
     def sample_labels(self, outputs, batch, indices, seed):
         u = keyed_uniform(indices, 1, seed).to(outputs.device).squeeze(1)
         return sample_categorical(outputs.detach(), u)
-
-    def measurement(self, outputs, batch):
-        return self._sign * self.loss(outputs, batch)
 
     def output_hvp(self, outputs, batch, u):
         p = torch.softmax(outputs.detach(), dim=-1)

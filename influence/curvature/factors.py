@@ -3,8 +3,9 @@
 Shared by EK-FAC and K-FAC. Tokens enter A and S only at positions that carry a loss term
 (the last position and padding are excluded). Accumulation is in float64; per-batch products
 run in the model's dtype. The eigenvalue correction Λ = E_seq[(Q_Sᵀ DW Q_A)²] reuses the
-first pass's per-sequence gradients when they fit in `gradient_cache_mb`, else it runs a
-second pass with the same (index-keyed) sampled labels.
+first pass's work when it fits in `gradient_cache_mb`, else it runs a
+second pass with the same (index-keyed) sampled labels. What is kept per layer is the smaller
+of the per-sequence gradient DW (P·(M+1)) and the captures ā, Ds (T·(P+M+1)).
 """
 from __future__ import annotations
 
@@ -90,7 +91,18 @@ def _correction_from_tokens(a, ds, q_a, q_s):
         w = torch.einsum("btp,btm->bpm", ds @ q_s, a @ q_a)
     else:
         w = rotate_sequence_gradients(sequence_gradients(a, ds), q_s, q_a)
-    return (w.double() ** 2).sum(0)
+    return (w * w).sum(0).double()
+
+
+def _cached_form(layer: TrackedLayer, seq_len: int) -> str:
+    """Keep a layer's captures (ā, Ds) or its per-sequence gradient DW between passes, whichever is smaller."""
+    p, m = layer.shape
+    return "tokens" if seq_len * (p + m) < p * m else "grads"
+
+
+def _cached_floats(layer: TrackedLayer, seq_len: int) -> int:
+    p, m = layer.shape
+    return min(seq_len * (p + m), p * m)
 
 
 def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_correction: bool = True):
@@ -100,7 +112,9 @@ def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_cor
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     accs = {l.name: _Accumulator(l, config.num_blocks, dev) for l in layers}
-    per_seq = sum(l.shape[0] * l.shape[1] for l in layers) * torch.finfo(dtype).bits // 8
+    seq_len = max(v.shape[1] for v in data.values()) if all(v.dim() > 1 for v in data.values()) else 1
+    kept = {l.name: _cached_form(l, seq_len) for l in layers}
+    per_seq = sum(_cached_floats(l, seq_len) for l in layers) * torch.finfo(dtype).bits // 8
     cache = [] if eigenvalue_correction and per_seq * len(idx) <= config.gradient_cache_mb * 2**20 else None
     n_tokens = 0
     with eval_mode(model), frozen_parameters(model):
@@ -113,7 +127,8 @@ def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_cor
                 check_finite(ds[l.name], f"the output gradients of layer {l.name}")
                 accs[l.name].add(a[l.name][mask], ds[l.name][mask])
             if cache is not None:
-                cache.append({l.name: sequence_gradients(a[l.name], ds[l.name]) for l in layers})
+                cache.append({l.name: (a[l.name], ds[l.name]) if kept[l.name] == "tokens"
+                              else sequence_gradients(a[l.name], ds[l.name]) for l in layers})
         if n_tokens == 0:
             raise InfluenceError("no position of the fitting data carries a loss: sequences need at least two real tokens")
         basis = Eigenbasis()
@@ -122,7 +137,7 @@ def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_cor
             basis.lam_a[l.name], basis.q_a[l.name], basis.lam_s[l.name], basis.q_s[l.name] = va, qa, vs, qs
         stats = {"n_sequences": len(idx), "n_tokens": n_tokens, "mean_tokens_per_sequence": n_tokens / len(idx),
                  "token_positions": "loss-bearing positions only (padding and each sequence's last position excluded)",
-                 "correction_passes": "0" if not eigenvalue_correction else ("1 (cached gradients)" if cache is not None else "2")}
+                 "correction_passes": "0" if not eigenvalue_correction else ("1 (captures kept in memory)" if cache is not None else "2")}
         if not eigenvalue_correction:
             return basis, None, stats
         lam = {l.name: torch.zeros(l.shape, dtype=torch.float64, device=dev) for l in layers}
@@ -131,8 +146,11 @@ def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_cor
         if cache is not None:
             for entry in cache:
                 for l in layers:
-                    w = rotate_sequence_gradients(entry[l.name], qs[l.name], qa[l.name])
-                    lam[l.name] += (w.double() ** 2).sum(0)
+                    if kept[l.name] == "tokens":
+                        lam[l.name] += _correction_from_tokens(*entry[l.name], qa[l.name], qs[l.name])
+                    else:
+                        w = rotate_sequence_gradients(entry[l.name], qs[l.name], qa[l.name])
+                        lam[l.name] += (w * w).sum(0).double()
             cache.clear()
         else:
             for sel, batch in iter_batches(data, config.batch_size, idx, dev):
@@ -146,9 +164,10 @@ def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_cor
 
 
 def eigenbasis_ihvp(v: torch.Tensor, q_s: torch.Tensor, q_a: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
-    """Q_S [(Q_Sᵀ V Q_A) ⊘ denom] Q_Aᵀ for V of shape (Q, P, M+1), computed in float64."""
-    w = q_s.T @ v.double() @ q_a
-    return (q_s @ (w / denom) @ q_a.T).to(v.dtype)
+    """Q_S [(Q_Sᵀ V Q_A) ⊘ denom] Q_Aᵀ for V of shape (Q, P, M+1), in V's dtype (float64 models stay exact)."""
+    dt = v.dtype
+    q_s, q_a = q_s.to(dt), q_a.to(dt)
+    return q_s @ ((q_s.T @ v @ q_a) / denom.to(dt)) @ q_a.T
 
 
 from .base import FitConfig  # noqa: E402  (kept beside the code that reads it)
@@ -157,7 +176,7 @@ from .base import FitConfig  # noqa: E402  (kept beside the code that reads it)
 @dataclass
 class KroneckerConfig(FitConfig):
     num_blocks: int = 1                # block-diagonal A and S (paper App. A)
-    gradient_cache_mb: float = 1024.0  # keep per-sequence gradients between passes up to this size
+    gradient_cache_mb: float = 4096.0  # keep captures between the two passes up to this size (else a 2nd pass)
 
     def __post_init__(self):
         super().__post_init__()

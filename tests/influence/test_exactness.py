@@ -1,6 +1,7 @@
 """EK-FAC, K-FAC and LiSSA against the damped Gauss–Newton/Fisher matrix built explicitly (spec §8)."""
 import math
 
+import pytest
 import torch
 
 from influence import LanguageModelTask, find_tracked_layers, fit_curvature
@@ -69,10 +70,11 @@ def test_ekfac_eigenvalues_are_the_explicit_fisher_diagonal_in_the_kronecker_bas
         assert math.isclose(float(curv.lam[l.name].sum()), float(torch.trace(G)), rel_tol=1e-9)
 
 
-def test_gradient_cache_and_second_pass_give_the_same_eigenvalues():
+@pytest.mark.parametrize("length", [6, 40])  # short: per-sequence gradients are kept; long: the captures are
+def test_gradient_cache_and_second_pass_give_the_same_eigenvalues(length):
     model = neox()
     task = LanguageModelTask()
-    data = token_data(5, 6)
+    data = token_data(5, length)
     one = fit_curvature(model, task, data, method="ekfac", batch_size=2)
     two = fit_curvature(model, task, data, method="ekfac", batch_size=2, gradient_cache_mb=0)
     assert one.info["correction_passes"].startswith("1") and two.info["correction_passes"] == "2"
