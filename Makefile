@@ -22,3 +22,5 @@ test-slow: install install-crosscheck
 
 bench: install install-crosscheck
 	$(PY) bench/bench_core.py
+	$(PY) bench/bench_scan.py
+	$(PY) bench/bench_filter.py
