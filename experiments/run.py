@@ -16,14 +16,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from influence import InfluenceError
-from influence.storage import atomic_write
+from influence.storage import atomic_write, save_tensors
 
 log = logging.getLogger("experiments.run")
 
 
-def write_tables(tables: dict[str, pd.DataFrame], run_dir: Path) -> None:
-    """Each table as parquet + CSV, written atomically. Names starting with '_' are metadata (JSON)."""
+def write_tables(tables: dict, run_dir: Path) -> None:
+    """Each table as parquet + CSV, written atomically. Names starting with '_' are metadata (JSON);
+    a dict of tensors is written as safetensors with the run's metadata."""
+    meta = tables.get("_metadata")
     for name, df in tables.items():
+        if isinstance(df, dict):
+            save_tensors(run_dir / f"{name}.safetensors", df, {} if meta is None else meta.iloc[0].astype(str).to_dict())
+            continue
         if name.startswith("_"):
             atomic_write(run_dir / f"{name[1:]}.json", lambda tmp, df=df: df.iloc[0].to_json(tmp, indent=2))
             continue

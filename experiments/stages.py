@@ -17,7 +17,7 @@ from influence import (InfluenceError, LanguageModelTask, compute_scores, contex
 from influence.batching import sample_indices
 from influence.curvature import get_curvature_class
 from influence.fingerprint import config_fingerprint
-from influence.lowrank import plan_query_rank
+from influence.lowrank import plan_query_rank, query_bytes
 from influence.scan import scan, top_k_breakdown
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,10 @@ def tfidf_candidates(cfg: DictConfig, world, encoded) -> list[torch.Tensor]:
     """Per query, the top `filter.top_k` training rows by BM25 over the query's prompt and completion tokens."""
     from influence.filtering import BM25Index
 
-    f = cfg.filter
-    index = BM25Index.build(world.train.input_ids, vocab_size=len(world.tokenizer), mode=str(f.mode), k1=float(f.k1),
-                            attention_mask=world.train.attention_mask)
-    tops = index.top_k_many(encoded["input_ids"], f.top_k, attention_mask=encoded["attention_mask"])
+    f = cfg.filter  # filter=tfidf's keys, with its defaults when another filter is selected
+    index = BM25Index.build(world.train.input_ids, vocab_size=len(world.tokenizer), mode=str(f.get("mode", "binary")),
+                            k1=float(f.get("k1", 1.5)), attention_mask=world.train.attention_mask)
+    tops = index.top_k_many(encoded["input_ids"], f.get("top_k", 10000), attention_mask=encoded["attention_mask"])
     for q, t in zip(world.queries, tops):
         if t.no_overlap:
             log.warning("query %s shares no token with the corpus: the TF-IDF filter gives it no candidates", q.name)
@@ -110,13 +110,18 @@ def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
                               "rows": indices.tolist(), "rank": rank, "batch": int(cfg.score.batch_size),
                               "chunk": int(cfg.score.chunk_batches)})
     out_dir = Path(cfg.paths.output_dir) / "scans" / world.name / key
-    log.info("scanning %d candidates with %d queries (query rank %s) into %s", len(indices), len(queries),
-             "full" if rank is None else rank, out_dir)
+    log.info("scanning %d candidates with %d queries (query rank %s: %.1f MiB of query gradients, full rank %.1f MiB) into %s",
+             len(indices), len(queries), "full" if rank is None else rank,
+             query_bytes([l.shape for l in curvature.layers], len(queries), rank) / 2**20,
+             query_bytes([l.shape for l in curvature.layers], len(queries), None) / 2**20, out_dir)
     result = scan(world.model, LanguageModelTask(), curvature, encoded, training_data(world), out_dir,
                   query_names=[q.name for q in queries], indices=indices, batch_size=int(cfg.score.batch_size),
                   query_rank=rank, chunk_batches=int(cfg.score.chunk_batches), device=cfg.score.device)
     if per_query is not None:
         result = result.restricted_to(per_query)
+    shapes = [l.shape for l in curvature.layers]
+    result.metadata["query_memory_mb"] = f"{query_bytes(shapes, len(queries), rank) / 2**20:.3f}"
+    result.metadata["query_memory_full_rank_mb"] = f"{query_bytes(shapes, len(queries), None) / 2**20:.3f}"
     result.metadata["filter"] = "none" if per_query is None else f"tfidf top_k={cfg.filter.top_k} mode={cfg.filter.mode}"
     return result
 

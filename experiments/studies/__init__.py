@@ -23,3 +23,4 @@ def get_study(name: str) -> Callable:
 
 from . import top_influences  # noqa: E402,F401  (registers)
 from . import query_rank  # noqa: E402,F401
+from . import tfidf_vs_unfiltered  # noqa: E402,F401

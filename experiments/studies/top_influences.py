@@ -47,7 +47,11 @@ def run(cfg, world) -> dict[str, pd.DataFrame]:
     curvature = fit_stage(cfg, world)
     result = scan_stage(cfg, world, curvature)
     tops = breakdown_stage(cfg, world, curvature, result, int(cfg.score.top_k))
+    tensors = {}
+    for q, t in zip(world.queries, tops):
+        tensors[f"{q.name}/rows"], tensors[f"{q.name}/token_scores"] = t.rows, t.token_scores.float()
     return {
+        "top_token_scores": tensors,  # (k, layers, tokens) per query: the Fig. 4 heatmaps
         "top_influences": top_k_table(tops, result.scores, world.queries, world.train, [l.name for l in curvature.layers]),
         "scores": all_scores_table(result, world),
         "_metadata": pd.DataFrame([{**result.metadata, "model": world.name,

@@ -26,6 +26,15 @@ def test_top_influences_job_writes_tables_and_reuses_factors(tiny_cfg, tiny_worl
     scores = pd.read_parquet(run_dir / "scores.parquet")
     assert len(scores) == len(tiny_world.queries) * tiny_world.train.input_ids.shape[0]
     assert "scale_convention" in (run_dir / "metadata.json").read_text()
+    assert "query_memory_mb" in (run_dir / "metadata.json").read_text()
+    from influence.storage import load_tensors
+    tensors, tmeta = load_tensors(run_dir / "top_token_scores.safetensors")
+    first = top[top["query"] == "quote_hamlet"]
+    tok = tensors["quote_hamlet/token_scores"]
+    assert tok.shape[0] == tiny_cfg.score.top_k and "scale_convention" in tmeta
+    rows = tensors["quote_hamlet/rows"].tolist()
+    for _, r in first.iterrows():  # the token-wise breakdown sums to the listed full-rank score
+        assert abs(float(tok[rows.index(r["row"])].sum()) - r["score"]) <= 1e-3 * abs(r["score"]) + 1e-6
     printed = capsys.readouterr().out
     assert "== quote_hamlet" in printed
     # a memorised quote's top sequence is one of its copies (exact passage among the top)
@@ -94,3 +103,19 @@ def test_tfidf_filter_scores_each_query_on_its_own_candidates(tiny_cfg, tiny_wor
     for qi in range(len(tiny_world.queries)):
         assert torch.isfinite(result.scores[qi, [list(result.indices).index(r) for r in rows[qi].tolist()]]).all()
     assert result.metadata["filter"].startswith("tfidf")
+
+
+def test_tfidf_vs_unfiltered_study(tiny_cfg, tiny_world):
+    from omegaconf import OmegaConf
+
+    cfg = tiny_cfg.copy()
+    with open_dict(cfg):
+        cfg.study = "tfidf_vs_unfiltered"
+        cfg.filter = OmegaConf.create({"name": "tfidf", "top_k": 30})  # mode and k1 take their defaults
+        cfg.tail = 100
+    t = runner.main(cfg)["tfidf_vs_unfiltered"]
+    assert set(t["query"]) == {q.name for q in tiny_world.queries}
+    assert t["overlap_at_k"].between(0, 1).all() and (t["candidates"] == 30).all()
+    assert (t["scanned"] == tiny_world.train.input_ids.shape[0]).all()
+    # the unfiltered scan contains every TF-IDF candidate, so its 10th best is at least TF-IDF's
+    assert (t["unfiltered_10th_score"] >= t["tfidf_10th_score"] - 1e-6).all()
