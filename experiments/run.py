@@ -52,6 +52,7 @@ def main(cfg: DictConfig) -> dict[str, pd.DataFrame]:
         torch.set_num_threads(int(cfg.score.num_threads))
     study = get_study(cfg.get("study", "top_influences"))
     world = build_world(cfg)
+    world.model.to(cfg.score.device)
     tables = study(cfg, world)
     run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir) / "runs" / "latest"
     write_tables(tables, run_dir)

@@ -40,7 +40,8 @@ def fit_stage(cfg: DictConfig, world, task=None):
     """Fit (or reuse) the configured curvature on the world's training set."""
     options = {k: v for k, v in OmegaConf.to_container(cfg.curvature, resolve=True).items() if k not in _LAYER_KEYS}
     get_curvature_class(cfg.curvature.name)  # unknown names fail before any work
-    options.setdefault("seed", int(cfg.seed)) if cfg.curvature.name != "identity" else None
+    if cfg.curvature.name != "identity":  # the identity has no labels to sample
+        options.setdefault("seed", int(cfg.seed))
     cache = Path(cfg.paths.output_dir) / "factors" / world.name
     log.info("fitting %s on %d training sequences", cfg.curvature.name, world.train.input_ids.shape[0])
     return fit_curvature(world.model, task or LanguageModelTask(), training_data(world), method=cfg.curvature.name,
