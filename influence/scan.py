@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .batching import iter_batches, num_rows
+from .batching import by_length, iter_batches, num_rows, pad_positions
 from .capture import check_finite, eval_mode, frozen_parameters
 from .curvature import Curvature
 from .errors import InfluenceError
@@ -159,15 +159,18 @@ def scan(
                 chunks.append(tensors["scores"])
                 bar.update(len(sel))
                 continue
+            order = by_length(data, sel)  # similar lengths batch together; results go back in `sel` order
             parts = []
-            for _, batch in iter_batches(data, batch_size, sel, dev):
+            for _, batch in iter_batches(data, batch_size, order, dev):
                 a, ds = capture_pass(model, task, curvature.layers, batch, "true")
                 layer, _ = score_captured(pre, a, ds, layer_names)
                 part = layer.sum(-1)
                 check_finite(part, f"the scores of chunk {c}")
                 parts.append(part.float().cpu())
                 bar.update(part.shape[0])
-            scores = torch.cat(parts).T.contiguous()  # (Q, rows)
+            by_order = torch.cat(parts)
+            pos = {int(r): i for i, r in enumerate(order)}
+            scores = by_order[[pos[int(r)] for r in sel]].T.contiguous()  # (Q, rows) in `sel` order
             save_tensors(path, {"scores": scores, "indices": sel}, {"chunk": str(c)})
             chunks.append(scores)
     return ScanResult(
@@ -193,7 +196,8 @@ def top_k_breakdown(
     """For each query q, full-rank layer- and token-wise scores of its rows `top_rows[q]` (one pass over their union)."""
     dev, pre = _preconditioned(model, task, curvature, queries, device)
     names = [l.name for l in curvature.layers]
-    union = torch.unique(top_rows.flatten())
+    union = by_length(data, torch.unique(top_rows.flatten()))
+    width = next(iter(data.values())).shape[1]
     per_query: list[dict[int, tuple]] = [dict() for _ in range(top_rows.shape[0])]
     wanted = [set(r.tolist()) for r in top_rows]
     with eval_mode(model), frozen_parameters(model):
@@ -208,7 +212,7 @@ def top_k_breakdown(
                                             {n: a[n][k] for n in names}, {n: ds[n][k] for n in names},
                                             names, per_token=True)
                 for j, i in enumerate(keep):
-                    per_query[q][int(sel[i])] = (layer[j, 0].cpu(), tok[j, 0].cpu())
+                    per_query[q][int(sel[i])] = (layer[j, 0].cpu(), pad_positions(tok[j, 0].cpu(), width))
     out = []
     for q, rows in enumerate(top_rows):
         layers = torch.stack([per_query[q][int(r)][0] for r in rows])
@@ -233,9 +237,13 @@ def scores_at_ranks(
     reps = {r: low_rank_queries(pre, r) for r in ranks}
     names = [l.name for l in curvature.layers]
     parts: dict = {r: [] for r in ranks}
+    rows = torch.arange(num_rows(data)) if indices is None else indices
+    order = by_length(data, rows)
     with eval_mode(model), frozen_parameters(model):
-        for _, batch in iter_batches(data, batch_size, indices, dev):
+        for _, batch in iter_batches(data, batch_size, order, dev):
             a, ds = capture_pass(model, task, curvature.layers, batch, "true")
             for r, rep in reps.items():
                 parts[r].append(score_captured(rep, a, ds, names)[0].sum(-1).cpu())
-    return {r: torch.cat(p).T for r, p in parts.items()}
+    pos = {int(r): i for i, r in enumerate(order)}
+    back = torch.tensor([pos[int(r)] for r in rows], dtype=torch.long)
+    return {r: torch.cat(p)[back].T for r, p in parts.items()}

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .batching import iter_batches, num_rows
+from .batching import iter_batches, num_rows, pad_positions
 from .capture import check_finite, eval_mode, frozen_parameters, sequence_gradients
 from .curvature import Curvature
 from .errors import InfluenceError
@@ -93,6 +93,7 @@ def compute_scores(
     pre = low_rank_queries(precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()}),
                            query_rank)
     names = [l.name for l in curvature.layers]
+    width = next(iter(data.values())).shape[1] if per_token else 0
     layer_chunks, token_chunks, rows = [], [], []
     with eval_mode(model), frozen_parameters(model):
         for sel, batch in iter_batches(data, batch_size, indices, dev):
@@ -101,7 +102,7 @@ def compute_scores(
             check_finite(layer, f"the scores of training rows {int(sel[0])}..{int(sel[-1])}")
             layer_chunks.append(layer.cpu())
             if tok is not None:
-                token_chunks.append(tok.cpu())
+                token_chunks.append(pad_positions(tok.cpu(), width))
             rows.append(sel)
             if progress is not None:
                 progress(len(sel))

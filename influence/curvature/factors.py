@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..batching import iter_batches, num_rows, sample_indices
+from ..batching import by_length, iter_batches, num_rows, sample_indices
 from ..capture import check_finite, eval_mode, frozen_parameters, sequence_gradients
 from ..errors import InfluenceError
 from ..gradients import capture_pass
@@ -108,7 +108,7 @@ def _cached_floats(layer: TrackedLayer, seq_len: int) -> int:
 def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_correction: bool = True):
     """Fit eigenbases and, if asked, the per-sequence corrected eigenvalues Λ. Returns (basis, Λ or None, stats)."""
     n = num_rows(data)
-    idx = sample_indices(n, config.max_sequences, config.seed)
+    idx = by_length(data, sample_indices(n, config.max_sequences, config.seed))  # sums: order-free
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     accs = {l.name: _Accumulator(l, config.num_blocks, dev) for l in layers}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..batching import iter_batches, num_rows, sample_indices
+from ..batching import by_length, iter_batches, num_rows, sample_indices
 from ..capture import check_finite, eval_mode, frozen_parameters, sequence_gradients
 from ..errors import InfluenceError
 from ..gradients import capture_pass
@@ -66,7 +66,7 @@ class LiSSA(Curvature):
         curv = cls(layers, config)
         curv.model, curv.task, curv.data = model, task, data
         curv.device = torch.device(device) if device is not None else next(model.parameters()).device
-        curv.indices = sample_indices(num_rows(data), config.max_sequences, config.seed)
+        curv.indices = by_length(data, sample_indices(num_rows(data), config.max_sequences, config.seed))
         curv._fit_damping()
         curv.scale = config.scale if config.scale is not None else curv._auto_scale()
         curv.info = {"scale": f"{curv.scale:.6g}", "n_sequences": str(len(curv.indices)),
