@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -15,6 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from influence import Query
 from influence.errors import InfluenceError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .fingerprint import fingerprint
 from .prepare import Prepared, prepare_data

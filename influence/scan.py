@@ -22,7 +22,7 @@ from .curvature import Curvature
 from .errors import InfluenceError
 from .fingerprint import config_fingerprint, model_fingerprint, tensors_fingerprint
 from .gradients import capture_pass
-from .lowrank import LowRank, low_rank_queries
+from .lowrank import low_rank_queries
 from .scoring import SCALE_CONVENTION, precondition_queries, score_captured
 from .storage import atomic_write, load_tensors, save_tensors
 

@@ -1,8 +1,6 @@
 """EK-FAC (George et al. 2018; paper §2.2.3): Kronecker eigenbasis, eigenvalues re-fitted per sequence."""
 from __future__ import annotations
 
-import torch
-
 from .base import Curvature, layer_damping, register
 from .factors import (KroneckerConfig, basis_from_state, basis_state, eigenbasis_ihvp,
                       fit_kronecker)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..batching import by_length, iter_batches, num_rows, sample_indices
-from ..capture import check_finite, eval_mode, frozen_parameters, sequence_gradients
+from ..capture import eval_mode, frozen_parameters, sequence_gradients
 from ..errors import InfluenceError
 from ..gradients import capture_pass
 from .base import Curvature, FitConfig, layer_damping, register

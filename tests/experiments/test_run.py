@@ -12,7 +12,7 @@ from .conftest import compose_cfg
 
 
 def test_top_influences_job_writes_tables_and_reuses_factors(tiny_cfg, tiny_world, tiny_output_dir, capsys):
-    tables = runner.main(tiny_cfg)
+    runner.main(tiny_cfg)
     run_dir = tiny_output_dir / "runs" / "latest"
     top = pd.read_parquet(run_dir / "top_influences.parquet")
     assert list(top.columns[:7]) == ["query", "rank", "sequence_id", "row", "score", "category", "spurious"]
@@ -64,7 +64,6 @@ def test_curvature_choices_compose_and_unknown_ones_fail(tiny_cfg, tiny_world):
 
 
 def test_query_rank_study_writes_fig3_table_and_figure(tiny_cfg, tiny_world, tiny_output_dir):
-    from omegaconf import OmegaConf
     cfg = tiny_cfg.copy()
     with open_dict(cfg):
         cfg.study = "query_rank"
