@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from tqdm import tqdm
 
 from ..batching import by_length, iter_batches, num_rows, sample_indices
 from ..capture import check_finite, eval_mode, frozen_parameters, sequence_gradients
@@ -100,9 +101,10 @@ def _cached_form(layer: TrackedLayer, seq_len: int) -> str:
     return "tokens" if seq_len * (p + m) < p * m else "grads"
 
 
-def _cached_floats(layer: TrackedLayer, seq_len: int) -> int:
+def _cached_floats(layer: TrackedLayer, lengths: torch.Tensor) -> int:
+    """Floats kept for a layer over sequences of these real lengths (batches are length-sorted, so close to exact)."""
     p, m = layer.shape
-    return min(seq_len * (p + m), p * m)
+    return int(torch.clamp(lengths.long() * (p + m), max=p * m).sum())
 
 
 def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_correction: bool = True):
@@ -112,13 +114,16 @@ def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_cor
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     accs = {l.name: _Accumulator(l, config.num_blocks, dev) for l in layers}
-    seq_len = max(v.shape[1] for v in data.values()) if all(v.dim() > 1 for v in data.values()) else 1
-    kept = {l.name: _cached_form(l, seq_len) for l in layers}
-    per_seq = sum(_cached_floats(l, seq_len) for l in layers) * torch.finfo(dtype).bits // 8
-    cache = [] if eigenvalue_correction and per_seq * len(idx) <= config.gradient_cache_mb * 2**20 else None
+    if "attention_mask" in data:
+        lengths = data["attention_mask"][idx].sum(1)
+    else:
+        lengths = torch.full((len(idx),), next(iter(data.values())).shape[1] if next(iter(data.values())).dim() > 2 else 1)
+    need = sum(_cached_floats(l, lengths) for l in layers) * torch.finfo(dtype).bits // 8
+    cache = [] if eigenvalue_correction and need <= config.gradient_cache_mb * 2**20 else None
     n_tokens = 0
     with eval_mode(model), frozen_parameters(model):
-        for sel, batch in iter_batches(data, config.batch_size, idx, dev):
+        for sel, batch in tqdm(iter_batches(data, config.batch_size, idx, dev), desc="fit: A, S" + (" + Λ" if cache is not None else ""),
+                               total=-(-len(idx) // config.batch_size), unit="batch", mininterval=1.0, dynamic_ncols=True):
             task.check_batch(batch)
             a, ds = capture_pass(model, task, layers, batch, config.labels, sel, config.seed)
             mask = task.loss_mask(batch)
@@ -127,7 +132,7 @@ def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_cor
                 check_finite(ds[l.name], f"the output gradients of layer {l.name}")
                 accs[l.name].add(a[l.name][mask], ds[l.name][mask])
             if cache is not None:
-                cache.append({l.name: (a[l.name], ds[l.name]) if kept[l.name] == "tokens"
+                cache.append({l.name: (a[l.name], ds[l.name]) if _cached_form(l, a[l.name].shape[1]) == "tokens"
                               else sequence_gradients(a[l.name], ds[l.name]) for l in layers})
         if n_tokens == 0:
             raise InfluenceError("no position of the fitting data carries a loss: sequences need at least two real tokens")
@@ -146,14 +151,15 @@ def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_cor
         if cache is not None:
             for entry in cache:
                 for l in layers:
-                    if kept[l.name] == "tokens":
+                    if isinstance(entry[l.name], tuple):
                         lam[l.name] += _correction_from_tokens(*entry[l.name], qa[l.name], qs[l.name])
                     else:
                         w = rotate_sequence_gradients(entry[l.name], qs[l.name], qa[l.name])
                         lam[l.name] += (w * w).sum(0).double()
             cache.clear()
         else:
-            for sel, batch in iter_batches(data, config.batch_size, idx, dev):
+            for sel, batch in tqdm(iter_batches(data, config.batch_size, idx, dev), desc="fit: Λ", unit="batch",
+                                   total=-(-len(idx) // config.batch_size), mininterval=1.0, dynamic_ncols=True):
                 a, ds = capture_pass(model, task, layers, batch, config.labels, sel, config.seed)
                 for l in layers:
                     lam[l.name] += _correction_from_tokens(a[l.name], ds[l.name], qa[l.name], qs[l.name])
