@@ -24,9 +24,15 @@ def save(fig, path_stem: str | Path) -> list[Path]:
 def rank_correlation(table: pd.DataFrame, title: str = "Query batching: rank-r vs full-rank scores") -> plt.Figure:
     """Fig. 3: Pearson correlation of rank-r and full-rank scores per query, against r."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for query, g in table.groupby("query", sort=False):
+    groups = list(table.groupby("query", sort=False))
+    many = len(groups) > 10  # past ten queries a legend would hide the plot: draw them alike, labelled once
+    for i, (query, g) in enumerate(groups):
         g = g.sort_values("rank")
-        ax.plot(g["rank"], g["pearson"], marker="o", lw=1, alpha=0.7, label=query)
+        if many:
+            ax.plot(g["rank"], g["pearson"], color="tab:blue", lw=0.8, alpha=0.35,
+                    label=f"each of {len(groups)} queries" if i == 0 else None)
+        else:
+            ax.plot(g["rank"], g["pearson"], marker="o", lw=1, alpha=0.7, label=query)
     mean = table.groupby("rank")["pearson"].mean()
     ax.plot(mean.index, mean.values, color="black", lw=2.5, marker="s", label="mean")
     ax.set_xscale("log", base=2)
