@@ -10,9 +10,8 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
-from influence import (InfluenceError, LanguageModelTask, compute_scores, context_length, encode_queries,
+from influence import (InfluenceError, LanguageModelTask, context_length, encode_queries,
                        find_tracked_layers, fit_curvature)
 from influence.batching import sample_indices
 from influence.curvature import get_curvature_class
@@ -50,21 +49,6 @@ def fit_stage(cfg: DictConfig, world, task=None):
 
 def encode_stage(world, queries=None) -> dict[str, torch.Tensor]:
     return encode_queries(world.tokenizer, queries or world.queries, max_length=context_length(world.model))
-
-
-def score_stage(cfg: DictConfig, world, curvature, encoded=None, per_layer=False, per_token=False, indices=None):
-    """Score encoded queries (default: all of the world's) against the training set or a sample of `score.max_sequences`."""
-    data = training_data(world)
-    n = data["input_ids"].shape[0]
-    if indices is None:
-        indices = sample_indices(n, cfg.score.get("max_sequences"), int(cfg.seed))
-    if len(indices) == 0:
-        raise InfluenceError("no training sequences to score")
-    with tqdm(total=len(indices), desc="scoring", unit="seq", dynamic_ncols=True) as bar:
-        return compute_scores(world.model, LanguageModelTask(), curvature,
-                              encoded if encoded is not None else encode_stage(world), data,
-                              batch_size=int(cfg.score.batch_size), indices=indices, per_layer=per_layer,
-                              per_token=per_token, device=cfg.score.device, progress=bar.update)
 
 
 def candidate_rows(cfg: DictConfig, world) -> torch.Tensor:

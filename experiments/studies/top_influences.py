@@ -12,7 +12,7 @@ from ..stages import breakdown_stage, encode_stage, fit_stage, scan_stage
 from . import register
 
 
-def top_k_table(tops, scan_scores: torch.Tensor, queries, train, layer_names) -> pd.DataFrame:
+def top_k_table(tops, queries, train) -> pd.DataFrame:
     """One row per (query, rank), ranked by the full-rank score of the scan's top k."""
     rows = []
     for qi, (q, t) in enumerate(zip(queries, tops)):
@@ -52,7 +52,7 @@ def run(cfg, world) -> dict[str, pd.DataFrame]:
         tensors[f"{q.name}/rows"], tensors[f"{q.name}/token_scores"] = t.rows, t.token_scores.float()
     return {
         "top_token_scores": tensors,  # (k, layers, tokens) per query: the Fig. 4 heatmaps
-        "top_influences": top_k_table(tops, result.scores, world.queries, world.train, [l.name for l in curvature.layers]),
+        "top_influences": top_k_table(tops, world.queries, world.train),
         "scores": all_scores_table(result, world),
         "_metadata": pd.DataFrame([{**result.metadata, "model": world.name,
                                     "layers": ",".join(l.name for l in curvature.layers)}]),
