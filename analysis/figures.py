@@ -46,16 +46,84 @@ def rank_correlation(table: pd.DataFrame, title: str = "Query batching: rank-r v
     return fig
 
 
-#: figures drawn from each result table, by table name: (file stem, drawing function)
+def _per_query(draw):
+    """A drawing of one query's rows, made for every query of the table: {query: Figure}."""
+    def each(df: pd.DataFrame) -> dict:
+        return {str(q): draw(g) for q, g in df.groupby("query", sort=False)}
+    return each
+
+
+def _ccdf(scores, fits, table):
+    from .sparsity import ccdf_figure
+    return ccdf_figure(scores, fits, table)
+
+
+def _concentration(df):
+    from .concentration import concentration_figure
+    return concentration_figure(df)
+
+
+def _layers(df):
+    from .layers import layer_figure
+    return layer_figure(df)
+
+
+def _token_heatmap(df):
+    from .layers import token_heatmap_figure
+    return token_heatmap_figure(df)
+
+
+def _memorization(df):
+    from .memorization import memorization_figure
+    return memorization_figure(df)
+
+
+def _listing(df):
+    from .listings import listing_figure
+    return listing_figure(df)
+
+
+#: figures drawn from each result table, by table name: (file stem, drawing function). A function returns a
+#: Figure, or {suffix: Figure} for one figure per query (saved as `<stem>_<suffix>`).
 FIGURES_BY_TABLE = {
     "query_rank": [("fig3_query_rank", rank_correlation)],
+    "concentration": [("fig9_concentration", _concentration)],
+    "layer_blocks": [("fig17_layerwise", _layers)],
+    "token_heatmap": [("fig4_token_heatmap", _token_heatmap)],
+    "memorization": [("fig22_memorization", _memorization)],
+    "top_tokens": [("top_sequences", _per_query(_listing))],
 }
+
+#: figures that read several tables: (file stem, function, table names passed in order)
+FIGURES_FROM_TABLES = [
+    ("fig8_sparsity_ccdf", _ccdf, ("scores", "sparsity_fits", "sparsity")),
+]
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def _save_drawn(drawn, stem: Path) -> list[Path]:
+    if isinstance(drawn, dict):
+        return [p for k, fig in drawn.items() for p in save(fig, stem.parent / f"{stem.name}_{_safe(k)}")]
+    return save(drawn, stem)
 
 
 def draw_all(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
-    """Every figure that the given tables support, saved into `out_dir`."""
+    """Every figure (and HTML listing) that the given tables support, saved into `out_dir/figures`."""
+    out = Path(out_dir) / "figures"
     written = []
     for name, df in tables.items():
+        if not isinstance(df, pd.DataFrame) or df.empty:
+            continue
         for stem, draw in FIGURES_BY_TABLE.get(name, []):
-            written += save(draw(df), Path(out_dir) / stem)
+            written += _save_drawn(draw(df), out / stem)
+    for stem, draw, names in FIGURES_FROM_TABLES:
+        if all(isinstance(tables.get(n), pd.DataFrame) and not tables[n].empty for n in names):
+            written += _save_drawn(draw(*(tables[n] for n in names)), out / stem)
+    if isinstance(tables.get("top_tokens"), pd.DataFrame) and not tables["top_tokens"].empty:
+        from .listings import write_listings
+        out.mkdir(parents=True, exist_ok=True)
+        written.append(write_listings(tables["top_tokens"], out))
     return written

@@ -36,6 +36,7 @@ class ScanResult:
     indices: torch.Tensor         # (N,) candidate rows of the training data
     query_names: list[str]
     metadata: dict = field(default_factory=dict)
+    layer_scores: torch.Tensor | None = None  # (Q, L, N) the layer-wise split of `scores` (Eq. 30)
 
     def top_k(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(values, training rows), each (Q, k'), k' = min(k, candidates of the query with fewest), by descending score."""
@@ -49,7 +50,8 @@ class ScanResult:
         pos = {int(r): j for j, r in enumerate(self.indices)}
         for q, rows in enumerate(rows_per_query):
             keep[q, [pos[int(r)] for r in rows]] = True
-        return ScanResult(torch.where(keep, self.scores, torch.nan), self.indices, self.query_names, dict(self.metadata))
+        layers = None if self.layer_scores is None else torch.where(keep.unsqueeze(1), self.layer_scores, torch.nan)
+        return ScanResult(torch.where(keep, self.scores, torch.nan), self.indices, self.query_names, dict(self.metadata), layers)
 
 
 @dataclass
@@ -90,6 +92,7 @@ def _manifest(model, curvature, queries, names, data, indices, rank, batch_size,
         "chunk_batches": int(chunk_batches),
         "num_candidates": int(len(indices)),
         "query_names": list(names),
+        "layer_scores": True,
     }
 
 
@@ -129,8 +132,14 @@ def scan(
     chunk_batches: int = 8,
     device=None,
     progress: bool = True,
+    preconditioned: dict[str, torch.Tensor] | None = None,
 ) -> ScanResult:
-    """Score every query on every candidate row (default: all rows), resuming from `out_dir` if it holds this scan."""
+    """Score every query on every candidate row (default: all rows), resuming from `out_dir` if it holds this scan.
+
+    Each chunk keeps the layer-wise split of its scores too, so layer studies read the scan.
+    `preconditioned` (full-rank (G+λI)⁻¹∇f per layer, from `precondition_queries`) skips recomputing
+    them; they are computed only if some chunk is missing.
+    """
     n = num_rows(data)
     task.check_batch(data)
     indices = torch.arange(n) if indices is None else torch.as_tensor(indices, dtype=torch.long)
@@ -142,7 +151,7 @@ def scan(
     out_dir = Path(out_dir)
     _check_or_write_manifest(out_dir, _manifest(model, curvature, queries, names, data, indices, query_rank,
                                                 batch_size, chunk_batches))
-    pre = low_rank_queries(_preconditioned(model, task, curvature, queries, dev)[1], query_rank)
+    pre = None
     layer_names = [l.name for l in curvature.layers]
     rows_per_chunk = batch_size * chunk_batches
     num_chunks = (len(indices) + rows_per_chunk - 1) // rows_per_chunk
@@ -156,25 +165,31 @@ def scan(
                 tensors, meta = load_tensors(path)
                 if meta.get("chunk") != str(c) or not torch.equal(tensors["indices"], sel):
                     raise InfluenceError(f"{path} does not belong to this scan: delete the scan directory {out_dir}")
-                chunks.append(tensors["scores"])
+                if "layer_scores" not in tensors:
+                    raise InfluenceError(f"{path} lacks layer scores: delete the scan directory {out_dir}")
+                chunks.append((tensors["scores"], tensors["layer_scores"]))
                 bar.update(len(sel))
                 continue
+            if pre is None:
+                full = preconditioned if preconditioned is not None else _preconditioned(model, task, curvature, queries, dev)[1]
+                pre = low_rank_queries({k: v.to(dev) for k, v in full.items()}, query_rank)
             order = by_length(data, sel)  # similar lengths batch together; results go back in `sel` order
             parts = []
             for _, batch in iter_batches(data, batch_size, order, dev):
                 a, ds = capture_pass(model, task, curvature.layers, batch, "true")
-                layer, _ = score_captured(pre, a, ds, layer_names)
-                part = layer.sum(-1)
-                check_finite(part, f"the scores of chunk {c}")
-                parts.append(part.float().cpu())
-                bar.update(part.shape[0])
+                layer, _ = score_captured(pre, a, ds, layer_names)  # (B, Q, L)
+                check_finite(layer, f"the scores of chunk {c}")
+                parts.append(layer.float().cpu())
+                bar.update(layer.shape[0])
             by_order = torch.cat(parts)
             pos = {int(r): i for i, r in enumerate(order)}
-            scores = by_order[[pos[int(r)] for r in sel]].T.contiguous()  # (Q, rows) in `sel` order
-            save_tensors(path, {"scores": scores, "indices": sel}, {"chunk": str(c)})
-            chunks.append(scores)
+            layers = by_order[[pos[int(r)] for r in sel]].permute(1, 2, 0).contiguous()  # (Q, L, rows) in `sel` order
+            scores = layers.sum(1)
+            save_tensors(path, {"scores": scores, "layer_scores": layers, "indices": sel}, {"chunk": str(c)})
+            chunks.append((scores, layers))
     return ScanResult(
-        scores=torch.cat(chunks, dim=1),
+        scores=torch.cat([c[0] for c in chunks], dim=1),
+        layer_scores=torch.cat([c[1] for c in chunks], dim=2),
         indices=indices,
         query_names=names,
         metadata={**curvature.describe(), "scale_convention": SCALE_CONVENTION,
@@ -192,9 +207,14 @@ def top_k_breakdown(
     top_rows: torch.Tensor,
     batch_size: int = 16,
     device=None,
+    preconditioned: dict[str, torch.Tensor] | None = None,
 ) -> list[TopBreakdown]:
     """For each query q, full-rank layer- and token-wise scores of its rows `top_rows[q]` (one pass over their union)."""
-    dev, pre = _preconditioned(model, task, curvature, queries, device)
+    if preconditioned is None:
+        dev, pre = _preconditioned(model, task, curvature, queries, device)
+    else:
+        dev = torch.device(device) if device is not None else next(model.parameters()).device
+        pre = {k: v.to(dev) for k, v in preconditioned.items()}
     names = [l.name for l in curvature.layers]
     union = by_length(data, torch.unique(top_rows.flatten()))
     width = next(iter(data.values())).shape[1]

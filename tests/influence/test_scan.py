@@ -22,10 +22,15 @@ def test_scan_matches_compute_scores_and_breakdowns_sum(tmp_path):
     model, task = neox(), LanguageModelTask()
     data, q = token_data(37, 9), query_batch(3, 4, 3)
     curv = fit_curvature(model, task, data)
-    ref = compute_scores(model, task, curv, q, data)
+    ref = compute_scores(model, task, curv, q, data, per_layer=True)
     res = scan(model, task, curv, q, data, tmp_path, batch_size=4, chunk_batches=2, progress=False)
     assert torch.allclose(res.scores, ref.scores.float(), rtol=1e-6, atol=1e-9)
     assert len(list(tmp_path.glob("chunk-*.safetensors"))) == 5
+    assert torch.allclose(res.layer_scores, ref.layer_scores.permute(0, 2, 1).float(), rtol=1e-5, atol=1e-9)
+    # a finished scan read back again: same scores, layers included, without recomputing the query gradients
+    again = scan(model, task, curv, q, data, tmp_path, batch_size=4, chunk_batches=2, progress=False,
+                 preconditioned={"never": "used"})
+    assert torch.equal(again.scores, res.scores) and torch.equal(again.layer_scores, res.layer_scores)
     values, rows = res.top_k(5)
     assert torch.equal(rows, res.indices[torch.topk(res.scores, 5).indices])
     tops = top_k_breakdown(model, task, curv, q, data, rows, batch_size=3)
