@@ -9,6 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .accuracy import correlation_bars, correlation_vs_time  # noqa: E402
+
 
 def save(fig, path_stem: str | Path) -> list[Path]:
     """Write `<stem>.png` and `<stem>.pdf`; return both paths."""
@@ -87,6 +89,7 @@ def _listing(df):
 #: Figure, or {suffix: Figure} for one figure per query (saved as `<stem>_<suffix>`).
 FIGURES_BY_TABLE = {
     "query_rank": [("fig3_query_rank", rank_correlation)],
+    "accuracy_summary": [("fig6_accuracy", correlation_bars), ("fig7_accuracy_vs_time", correlation_vs_time)],
     "concentration": [("fig9_concentration", _concentration)],
     "layer_blocks": [("fig17_layerwise", _layers)],
     "token_heatmap": [("fig4_token_heatmap", _token_heatmap)],

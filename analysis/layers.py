@@ -40,6 +40,7 @@ def layer_figure(layer_table: pd.DataFrame):
     by_type = shares.groupby(["type", "block"])["share"].mean().unstack("block")
     for t, row in by_type.iterrows():
         ax2.plot(row.index, row.values, marker="o", ms=3, label=f"{t} ({shares[shares['type'] == t]['query'].nunique()})")
+    ax2.set_xticks(list(by_type.columns))
     ax2.set_xlabel("layer block (bottom → top)")
     ax2.set_ylabel("mean share")
     ax2.set_title("by query type", fontsize=8)

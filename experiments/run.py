@@ -44,25 +44,40 @@ def print_top(df: pd.DataFrame, width: int = 90) -> None:
             print(f"  {r['rank']:>2}  {r['score']:+.4e}  [{r['category']}] #{r['sequence_id']}  {text[:width]}")
 
 
+def run_directory(cfg: DictConfig) -> tuple[Path, list[str]]:
+    """Hydra's run directory and the command-line overrides (a plain directory when Hydra is not running)."""
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        return Path(hc.runtime.output_dir), list(hc.overrides.task)
+    return Path(cfg.paths.output_dir) / "runs" / "latest", []
+
+
 def main(cfg: DictConfig) -> dict[str, pd.DataFrame]:
+    """Run the configured study; write its tables, figures and report.md; mirror them to the tracker."""
+    from analysis.figures import draw_all
+
+    from .report import write_report
     from .studies import get_study
+    from .tracking import log_safely, make_tracker
     from .world import build_world
 
     if cfg.score.get("num_threads"):
         torch.set_num_threads(int(cfg.score.num_threads))
-    study = get_study(cfg.get("study", "top_influences"))
+    name = str(cfg.get("study", "top_influences"))
+    study = get_study(name)
+    tracker = make_tracker(cfg)  # a bad logger config fails before any work
     world = build_world(cfg)
     world.model.to(cfg.score.device)
     tables = study(cfg, world)
-    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir) / "runs" / "latest"
+    run_dir, overrides = run_directory(cfg)
     write_tables(tables, run_dir)
-    from analysis.figures import draw_all
-
-    for path in draw_all(tables, run_dir):
-        log.info("figure %s", path)
-    if "top_influences" in tables:
+    figures = draw_all(tables, run_dir)
+    report = write_report(run_dir, name, overrides, tables, figures)
+    summary = tables["_summary"].iloc[0].to_dict() if "_summary" in tables else {}
+    log_safely(tracker, run_dir, cfg, tables, figures, {**summary, "model": world.name})
+    if "top_influences" in tables and name == "top_influences":
         print_top(tables["top_influences"])
-    print(f"\nresults in {run_dir}")
+    print(f"\n{name}: results in {run_dir} (report: {report})")
     return tables
 
 

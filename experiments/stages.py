@@ -6,6 +6,7 @@ and returns library objects; caching is by content fingerprint inside `influence
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,7 +18,8 @@ from influence.batching import sample_indices
 from influence.curvature import get_curvature_class
 from influence.fingerprint import config_fingerprint
 from influence.lowrank import plan_query_rank, query_bytes
-from influence.scan import scan, top_k_breakdown
+from influence.scan import ScanResult, TopBreakdown, scan, top_k_breakdown
+from influence.storage import load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +110,70 @@ def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
     result.metadata["query_memory_mb"] = f"{query_bytes(shapes, len(queries), rank) / 2**20:.3f}"
     result.metadata["query_memory_full_rank_mb"] = f"{query_bytes(shapes, len(queries), None) / 2**20:.3f}"
     result.metadata["filter"] = "none" if per_query is None else f"tfidf top_k={cfg.filter.top_k} mode={cfg.filter.mode}"
+    result.metadata["candidates"] = (f"all {world.train.input_ids.shape[0]} training sequences" if cfg.score.get("max_sequences") is None
+                                     else f"a random sample of {len(indices)} (score.max_sequences, seed {cfg.seed})")
+    result.metadata["scan_dir"] = str(out_dir)
     return result
 
 
-def breakdown_stage(cfg: DictConfig, world, curvature, result, k: int, queries=None):
-    """Full-rank layer- and token-wise scores of each query's top k."""
+def breakdown_stage(cfg: DictConfig, world, curvature, result, k: int, queries=None) -> list[TopBreakdown]:
+    """Full-rank layer- and token-wise scores of each query's top k, cached beside the scan they come from."""
     queries = list(queries or world.queries)
     _, rows = result.top_k(k)
-    return top_k_breakdown(world.model, LanguageModelTask(), curvature, encode_stage(world, queries),
+    path = Path(result.metadata["scan_dir"]) / f"breakdown-{config_fingerprint(rows.tolist())[:16]}.safetensors" \
+        if "scan_dir" in result.metadata else None
+    if path is not None and path.exists():
+        t, _ = load_tensors(path)
+        if torch.equal(t["rows"], rows):
+            return [TopBreakdown(rows=rows[q], scores=t["layer_scores"][q].sum(-1), layer_scores=t["layer_scores"][q],
+                                 token_scores=t["token_scores"][q]) for q in range(rows.shape[0])]
+    tops = top_k_breakdown(world.model, LanguageModelTask(), curvature, encode_stage(world, queries),
                            training_data(world), rows, batch_size=int(cfg.score.batch_size), device=cfg.score.device)
+    if path is not None:
+        save_tensors(path, {"rows": rows, "layer_scores": torch.stack([t.layer_scores for t in tops]),
+                            "token_scores": torch.stack([t.token_scores for t in tops])}, {"k": str(k)})
+    return tops
+
+
+@dataclass
+class Search:
+    """What the search stages produce for a world: the curvature, the scan of every query, the top-k breakdowns."""
+
+    curvature: object
+    result: ScanResult
+    tops: list[TopBreakdown]
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [l.name for l in self.curvature.layers]
+
+
+def search_stage(cfg: DictConfig, world, breakdown_k: int | None = None) -> Search:
+    """Fit (or reuse) the curvature, scan (or reuse the scan of) every world query, break down the top k.
+
+    All studies scan the same queries and candidates, so a second study on a model reuses the first's scan.
+    """
+    encode_stage(world)  # bad queries fail before any fitting
+    curvature = fit_stage(cfg, world)
+    result = scan_stage(cfg, world, curvature)
+    tops = breakdown_stage(cfg, world, curvature, result, breakdown_k) if breakdown_k else []
+    return Search(curvature, result, tops)
+
+
+def select_queries(world, study: str, names=None) -> list:
+    """The world's queries tagged for `study` (all of them when none is tagged), or those named."""
+    if names:
+        by_name = {q.name: q for q in world.queries}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise InfluenceError(f"{study}: unknown queries {missing}: choose from {sorted(by_name)}")
+        return [by_name[n] for n in names]
+    tagged = [q for q in world.queries if study in (q.tags.get("study") or [])]
+    return tagged or list(world.queries)
+
+
+def metadata(search: Search, world, **extra) -> "pd.DataFrame":
+    import pandas as pd
+
+    return pd.DataFrame([{**search.result.metadata, "model": world.name, "layers": ",".join(search.layer_names),
+                          **{k: str(v) for k, v in extra.items()}}])

@@ -24,3 +24,8 @@ def get_study(name: str) -> Callable:
 from . import top_influences  # noqa: E402,F401  (registers)
 from . import query_rank  # noqa: E402,F401
 from . import tfidf_vs_unfiltered  # noqa: E402,F401
+from . import sparsity  # noqa: E402,F401
+from . import concentration  # noqa: E402,F401
+from . import layer_wise  # noqa: E402,F401
+from . import memorization  # noqa: E402,F401
+from . import accuracy  # noqa: E402,F401

@@ -94,7 +94,8 @@ class Curvature(ABC):
         """Metadata written beside every result: method, damping, conventions."""
         return {
             "curvature": self.name,
+            **{k: str(v) for k, v in dataclasses.asdict(self.config).items() if k != "damping"},
+            "damping_absolute": str(self.config.damping),
             "damping": ";".join(f"{k}={v:.6g}" for k, v in self.damping.items()),
-            **{k: str(v) for k, v in dataclasses.asdict(self.config).items()},
             **self.info,
         }

@@ -21,7 +21,7 @@ def tiny_output_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cfg(tiny_output_dir):
     return compose_cfg("model=tiny", "data=tiny", "queries=tiny", TINY_QUERIES, f"paths.output_dir={tiny_output_dir}",
-                       "score.num_threads=1")
+                       "score.num_threads=1", "logger=none")
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ def test_top_influences_job_writes_tables_and_reuses_factors(tiny_cfg, tiny_worl
     runner.main(tiny_cfg)
     run_dir = tiny_output_dir / "runs" / "latest"
     top = pd.read_parquet(run_dir / "top_influences.parquet")
-    assert list(top.columns[:7]) == ["query", "rank", "sequence_id", "row", "score", "category", "spurious"]
+    assert list(top.columns[:7]) == ["query", "type", "rank", "sequence_id", "row", "score", "category"]
     assert set(top["query"]) == {q.name for q in tiny_world.queries}
     assert (top.groupby("query")["rank"].max() == tiny_cfg.score.top_k).all()
     # ranks are by descending score, and the table's text is the scored sequence's
@@ -77,7 +77,7 @@ def test_query_rank_study_writes_fig3_table_and_figure(tiny_cfg, tiny_world, tin
     mean = t.groupby("rank")["pearson"].mean()
     assert mean[32] >= mean[2] - 1e-6 and mean[32] > 0.9
     run_dir = tiny_output_dir / "runs" / "latest"
-    assert (run_dir / "fig3_query_rank.png").stat().st_size > 1000 and (run_dir / "fig3_query_rank.pdf").exists()
+    assert (run_dir / "figures" / "fig3_query_rank.png").stat().st_size > 1000 and (run_dir / "figures" / "fig3_query_rank.pdf").exists()
 
 
 def test_tfidf_filter_scores_each_query_on_its_own_candidates(tiny_cfg, tiny_world):

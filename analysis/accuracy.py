@@ -1,0 +1,62 @@
+"""Figs. 6–7 from the accuracy study's summary table: correlation with the PBRF per method and task,
+and correlation against wall-clock (curvature fitting included)."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+LABELS = {"ekfac": "EK-FAC", "kfac": "K-FAC", "lissa": "LiSSA", "identity": "Dot product"}
+COLORS = {"ekfac": "tab:blue", "kfac": "tab:cyan", "lissa": "tab:orange", "identity": "tab:gray"}
+
+
+def _summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Accept the summary table or the long one (one row per test point)."""
+    if "pearson_mean" in table:
+        return table
+    from experiments.studies.accuracy import summary_table
+    return summary_table(table)
+
+
+def correlation_bars(table: pd.DataFrame, metric: str = "pearson") -> plt.Figure:
+    """Fig. 6: mean correlation with the PBRF per task (groups) and method (bars), ± one standard error."""
+    s = _summary(table)
+    tasks = list(dict.fromkeys(s["task"]))
+    methods = list(dict.fromkeys(s["method"]))
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(tasks), 3.2))
+    x = np.arange(len(tasks))
+    for i, m in enumerate(methods):
+        g = s[s["method"] == m].set_index("task").reindex(tasks)
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, g[f"{metric}_mean"], width, yerr=g[f"{metric}_sem"],
+               capsize=2, label=LABELS.get(m, m), color=COLORS.get(m))
+    ax.set_xticks(x, tasks)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_ylabel(f"{metric.capitalize()} r with the PBRF")
+    ax.set_title("Influence estimators vs the PBRF", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def correlation_vs_time(table: pd.DataFrame, metric: str = "pearson") -> plt.Figure:
+    """Fig. 7: mean correlation against wall-clock seconds (log scale), one panel per task."""
+    s = _summary(table)
+    tasks = list(dict.fromkeys(s["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.0 * len(tasks), 3.0), squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        g = s[s["task"] == t]
+        for _, r in g.iterrows():
+            ax.errorbar(r["seconds"], r[f"{metric}_mean"], yerr=r[f"{metric}_sem"], fmt="o", capsize=2,
+                        color=COLORS.get(r["method"]), label=LABELS.get(r["method"], r["method"]))
+        ax.set_xscale("log")
+        ax.set_xlabel("wall-clock (s), fitting included")
+        ax.set_title(t, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{metric.capitalize()} r with the PBRF")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,110 @@
+"""Result tables built from the search stages: the long-format frames that studies return and figures read."""
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import torch
+
+from analysis.layers import layer_blocks
+
+
+def query_type(q) -> str:
+    return str(q.tags.get("type", "other"))
+
+
+def top_k_table(tops, queries, train) -> pd.DataFrame:
+    """One row per (query, rank), ranked by the full-rank score of the scan's top k."""
+    rows = []
+    for q, t in zip(queries, tops):
+        order = torch.argsort(t.scores, descending=True)
+        for rank, j in enumerate(order.tolist(), start=1):
+            seq = int(t.rows[j])
+            meta = train.meta.iloc[seq]
+            rows.append({"query": q.name, "type": query_type(q), "rank": rank, "sequence_id": int(meta.get("id", seq)),
+                         "row": seq, "score": float(t.scores[j]), "category": meta.get("category", ""),
+                         "spurious": bool(t.spurious[j]), "sparsity_ratio": float(t.sparsity_ratio[j]),
+                         **{f"layer_{i}": float(v) for i, v in enumerate(t.layer_scores[j])},
+                         "text": train.texts[seq]})
+    return pd.DataFrame(rows)
+
+
+def top_tokens_table(tops, queries, world) -> pd.DataFrame:
+    """One row per real token of each query's top sequences: its token-wise influence summed over layers (Eq. 31)."""
+    rows = []
+    ids, mask = world.train.input_ids, world.train.attention_mask
+    for q, t in zip(queries, tops):
+        order = torch.argsort(t.scores, descending=True)
+        for rank, j in enumerate(order.tolist(), start=1):
+            seq = int(t.rows[j])
+            meta = world.train.meta.iloc[seq]
+            n = int(mask[seq].sum())
+            toks = [world.tokenizer.decode([i]) for i in ids[seq, :n].tolist()]
+            per_tok = t.token_scores[j].sum(0)[:n]
+            for pos, (tok, v) in enumerate(zip(toks, per_tok.tolist())):
+                rows.append({"query": q.name, "rank": rank, "sequence_id": int(meta.get("id", seq)),
+                             "score": float(t.scores[j]), "category": meta.get("category", ""),
+                             "spurious": bool(t.spurious[j]), "position": pos, "token": tok, "token_score": v})
+    return pd.DataFrame(rows)
+
+
+def all_scores_table(result, world, queries=None) -> pd.DataFrame:
+    """Every (query, candidate) score, long format: the distribution studies read this."""
+    keep = [i for i, n in enumerate(result.query_names) if queries is None or n in {q.name for q in queries}]
+    scores = result.scores[keep]
+    q, n = scores.shape
+    cats = world.train.meta["category"].to_numpy() if "category" in world.train.meta else None
+    df = pd.DataFrame({
+        "query": [result.query_names[i] for i in keep for _ in range(n)],
+        "row": result.indices.repeat(q).numpy(),
+        "score": scores.reshape(-1).numpy(),
+        **({"category": list(cats[result.indices.numpy()]) * q} if cats is not None else {}),
+    })
+    return df[df["score"].notna()].reset_index(drop=True)  # a filtered scan scores each query on its own candidates
+
+
+def transformer_layer(name: str) -> int:
+    """The block index in a tracked module's name (`transformer.h.3.mlp.c_fc` -> 3)."""
+    found = re.findall(r"\.(\d+)\.", f".{name}.")
+    return int(found[0]) if found else 0
+
+
+def layer_block_table(result, layer_names: list[str], queries, top_n: int, max_blocks: int = 9) -> pd.DataFrame:
+    """Per query, its top-n sequences' influence summed within each layer block (Figs. 17–21), from the scan."""
+    if result.layer_scores is None:
+        raise ValueError("the scan holds no layer-wise scores")
+    index = [transformer_layer(n) for n in layer_names]
+    depth = max(index) + 1
+    block_of = {l: b for b, ls in enumerate(layer_blocks(depth, max_blocks)) for l in ls}
+    member = torch.zeros(len(layer_names), max(block_of.values()) + 1, dtype=torch.float32)
+    for i, l in enumerate(index):
+        member[i, block_of[l]] = 1.0
+    pos = {n: i for i, n in enumerate(result.query_names)}
+    rows = []
+    for q in queries:
+        s = torch.nan_to_num(result.scores[pos[q.name]], nan=-torch.inf)
+        k = min(top_n, int(torch.isfinite(s).sum()))
+        top = torch.topk(s, k).indices
+        blocks = result.layer_scores[pos[q.name]][:, top].T @ member  # (k, blocks)
+        for rank, (j, b) in enumerate(zip(top.tolist(), blocks), start=1):
+            for bi, v in enumerate(b.tolist()):
+                rows.append({"query": q.name, "type": query_type(q), "rank": rank, "row": int(result.indices[j]),
+                             "block": bi, "influence": v})
+    return pd.DataFrame(rows)
+
+
+def token_heatmap_table(top, query, rank: int, layer_names: list[str], world) -> pd.DataFrame:
+    """Layers × tokens influence of the query's rank-`rank` sequence (Fig. 4), long format."""
+    order = torch.argsort(top.scores, descending=True)
+    j = int(order[rank - 1])
+    seq = int(top.rows[j])
+    n = int(world.train.attention_mask[seq].sum())
+    toks = [world.tokenizer.decode([i]) for i in world.train.input_ids[seq, :n].tolist()]
+    meta = world.train.meta.iloc[seq]
+    short = [n.replace("transformer.", "").replace(".mlp", "") for n in layer_names]
+    rows = []
+    for li, name in enumerate(layer_names):
+        for pos in range(n):
+            rows.append({"query": query.name, "rank": rank, "sequence_id": int(meta.get("id", seq)), "layer": short[li],
+                         "position": pos, "token": toks[pos], "score": float(top.token_scores[j, li, pos])})
+    return pd.DataFrame(rows)
