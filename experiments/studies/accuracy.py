@@ -1,0 +1,221 @@
+"""How accurate are the estimators? EK-FAC, K-FAC, LiSSA and the dot product against the PBRF (Figs. 6–7, spec §5).
+
+Per task, every estimator is the `influence` library's (`fit_curvature` + `compute_scores`, same layers,
+same data), and the ground truth is `influence.pbrf.pbrf_scores` with EK-FAC's per-layer damping.
+K-FAC and LiSSA are given that same damping too, so every method targets the same (G + λI)⁻¹; the
+identity is the undamped dot product. Tasks: the tabular regression and classification of
+`experiments.tabular` (f = loss on a random test point; G and the Bregman term over the training rows,
+or a configured subset) and the world's language model (f = log p(completion | prompt) of its first
+queries; G and the Bregman term over a fixed subset of training sequences). The scored training rows are
+drawn from the Bregman rows.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+from scipy import stats
+
+from influence import InfluenceError, LanguageModelTask, compute_scores, fit_curvature
+from influence.batching import sample_indices
+from influence.pbrf import pbrf_scores
+from influence.threads import single_thread
+
+from ..stages import encode_stage, tracked_layers, training_data
+from ..tabular import build_tabular
+from . import register
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "tasks": ["diabetes", "digits", "lm"],
+    "methods": ["ekfac", "kfac", "lissa", "identity"],
+    "n_test_points": 10,
+    "max_train_points": 500,
+    "test_fraction": 0.2,
+    "epsilon": 1e-3,
+    "lissa": {"depth": 500, "batch_size": 32},
+    "pbrf": {"optimizer": "lbfgs", "lr": 0.01, "max_steps": 3000, "tol": 1e-3, "patience": 20},
+    "tabular": {},          # per tabular task: max_train_points, bregman_rows, epsilon, hidden, activation, ...
+    "lm_train_sequences": 20,
+    "lm_queries": 5,
+    "bregman_subset": 32,   # LM: fitting sequences for G and the Bregman term
+    "lm_epsilon": 1e-3,
+    "lm_lissa": {"depth": 100, "batch_size": 8},
+    "lm_pbrf_dtype": "float64",
+}
+_TABULAR_BUILD_KEYS = ("hidden", "activation", "weight_decay", "grad_tol", "max_iter")
+
+
+def settings(cfg) -> dict:
+    """The `accuracy:` block over the defaults (nested dicts merged)."""
+    user = OmegaConf.to_container(cfg.accuracy, resolve=True) if cfg.get("accuracy") is not None else {}
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        raise InfluenceError(f"accuracy has no setting(s) {unknown}: valid settings are {sorted(DEFAULTS)}")
+    out = {}
+    for k, v in DEFAULTS.items():
+        u = user.get(k, v)
+        out[k] = {**v, **(u or {})} if isinstance(v, dict) else u
+    if int(out["n_test_points"]) < 1 or int(out["lm_queries"]) < 1 or int(out["lm_train_sequences"]) < 3:
+        raise InfluenceError("accuracy needs n_test_points >= 1, lm_queries >= 1 and lm_train_sequences >= 3")
+    return out
+
+
+def _correlations(est: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    x, y = est.double().numpy(), truth.double().numpy()
+    if np.std(x) == 0 or np.std(y) == 0:
+        return math.nan, math.nan
+    return float(stats.pearsonr(x, y)[0]), float(stats.spearmanr(x, y)[0])
+
+
+def compare(model, task, layers, fit_data, score_data, score_rows, queries, query_names, methods, method_options,
+            pbrf_options, task_name) -> tuple[list[dict], dict]:
+    """Every estimator and the PBRF on (queries × score_rows): one row per (method, query), and PBRF stats."""
+    if "ekfac" not in methods:
+        raise InfluenceError("accuracy.methods must include ekfac: its per-layer damping defines the PBRF target")
+    fitted, seconds = {}, {}
+    for method in ["ekfac"] + [m for m in methods if m != "ekfac"]:
+        t0 = time.perf_counter()
+        curv = fit_curvature(model, task, fit_data, method=method, layers=layers, **method_options.get(method, {}))
+        if method in ("kfac", "lissa"):  # the same λ_ℓ as EK-FAC and the PBRF (identity stays undamped)
+            curv.info["own_damping"] = ";".join(f"{k}={v:.6g}" for k, v in curv.damping.items())
+            curv.damping = dict(fitted["ekfac"][0].damping)
+        result = compute_scores(model, task, curv, queries, score_data, indices=score_rows)
+        seconds[method] = time.perf_counter() - t0
+        fitted[method] = (curv, result.scores)
+        log.info("%s %s: %.2fs", task_name, method, seconds[method])
+    damping = fitted["ekfac"][0].damping
+    t0 = time.perf_counter()
+    truth = pbrf_scores(model, task, score_data, queries, damping, bregman_data=fit_data, indices=score_rows,
+                        layers=layers, **pbrf_options)
+    pbrf_seconds = time.perf_counter() - t0
+    log.info("%s PBRF: %.1fs, evaluations per solve %.0f (max %d)", task_name, pbrf_seconds,
+             float(truth.steps.double().mean()), int(truth.steps.max()))
+    rows = []
+    for method in methods:
+        scores = fitted[method][1]
+        for qi, qname in enumerate(query_names):
+            p, s = _correlations(scores[qi], truth.scores[qi])
+            rows.append({"task": task_name, "method": method, "test_point": qname, "pearson": p, "spearman": s,
+                         "seconds": seconds[method], "n_train_points": len(score_rows)})
+    info = {f"{task_name}/pbrf_seconds": pbrf_seconds,
+            f"{task_name}/pbrf_evaluations_mean": float(truth.steps.double().mean()),
+            f"{task_name}/pbrf_evaluations_max": int(truth.steps.max()),
+            f"{task_name}/pbrf_grad_ratio_max": float(truth.grad_norm.max()),
+            f"{task_name}/pbrf_converged": truth.converged,
+            f"{task_name}/pbrf_epsilon": truth.epsilon,
+            f"{task_name}/bregman_rows": truth.metadata["n_bregman"],
+            f"{task_name}/n_train_points": len(score_rows),
+            f"{task_name}/n_test_points": len(query_names),
+            f"{task_name}/damping": truth.metadata["damping"],
+            **{f"{task_name}/{m}_seconds": seconds[m] for m in methods}}
+    for m in ("kfac", "lissa"):
+        if m in fitted:
+            info[f"{task_name}/{m}_own_damping"] = fitted[m][0].info["own_damping"]
+    if "lissa" in fitted:
+        info[f"{task_name}/lissa_scale"] = fitted["lissa"][0].info.get("scale", "")
+    return rows, info
+
+
+def _method_options(s: dict, methods: list[str], seed: int, lissa: dict) -> dict:
+    opts = {m: {"seed": seed} for m in methods if m != "identity"}
+    if "lissa" in opts:
+        opts["lissa"].update(lissa)
+    return opts
+
+
+def tabular_task(name: str, s: dict, cfg) -> tuple[list[dict], dict]:
+    seed = int(cfg.seed)
+    per = dict(s["tabular"].get(name) or {})
+    unknown = sorted(set(per) - {"max_train_points", "bregman_rows", "epsilon", "n_test_points", *_TABULAR_BUILD_KEYS})
+    if unknown:
+        raise InfluenceError(f"accuracy.tabular.{name} has no setting(s) {unknown}")
+    problem = build_tabular(name, output_dir=cfg.paths.output_dir, seed=seed, test_fraction=float(s["test_fraction"]),
+                            **{k: per[k] for k in _TABULAR_BUILD_KEYS if k in per})
+    n_train, n_test = problem.train["x"].shape[0], problem.test["x"].shape[0]
+    # the scored rows lie inside the Bregman rows: otherwise the −ε side of the PBO has nothing anchoring
+    # h(x_m) but the proximity term, and is unbounded below for small damping
+    fit_rows = sample_indices(n_train, per.get("bregman_rows"), seed + 1)
+    rows = fit_rows[sample_indices(len(fit_rows), int(per.get("max_train_points", s["max_train_points"])), seed)]
+    fit_data = {k: v[fit_rows] for k, v in problem.train.items()}
+    test_rows = sample_indices(n_test, int(per.get("n_test_points", s["n_test_points"])), seed + 2)
+    queries = {k: v[test_rows] for k, v in problem.test.items()}
+    methods = list(s["methods"])
+    pbrf = {**s["pbrf"], "epsilon": float(per.get("epsilon", s["epsilon"]))}
+    out, info = compare(problem.model, problem.task, problem.layers, fit_data, problem.train, rows, queries,
+                        [f"test_{int(i)}" for i in test_rows], methods,
+                        _method_options(s, methods, seed, s["lissa"]), pbrf, name)
+    info[f"{name}/model"] = (f"MLP {problem.info['hidden']} {problem.info['activation']}, weight decay "
+                             f"{problem.info['weight_decay']}, train {problem.info['train_metrics']}, "
+                             f"test {problem.info['test_metrics']}")
+    return out, info
+
+
+def lm_task(s: dict, cfg, world) -> tuple[list[dict], dict]:
+    seed = int(cfg.seed)
+    data = training_data(world)
+    n = data["input_ids"].shape[0]
+    if int(s["bregman_subset"]) < int(s["lm_train_sequences"]):
+        raise InfluenceError("accuracy.bregman_subset must be >= lm_train_sequences: the scored sequences are drawn "
+                             "from the Bregman subset (the PBO's −ε side is unbounded for a sequence outside it)")
+    fit_rows = sample_indices(n, int(s["bregman_subset"]), seed)
+    rows = fit_rows[sample_indices(len(fit_rows), int(s["lm_train_sequences"]), seed + 1)]
+    queries = list(world.queries)[: int(s["lm_queries"])]
+    encoded = encode_stage(world, queries)
+    fit_data = {k: v[fit_rows] for k, v in data.items()}
+    methods = list(s["methods"])
+    dtype = getattr(torch, str(s["lm_pbrf_dtype"]), None)
+    if not isinstance(dtype, torch.dtype):
+        raise InfluenceError(f"accuracy.lm_pbrf_dtype={s['lm_pbrf_dtype']!r} is not a torch dtype: use float64 or float32")
+    pbrf = {**s["pbrf"], "epsilon": float(s["lm_epsilon"]), "dtype": dtype, "batch_size": 16}
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):  # LiSSA's Gauss–Newton products differentiate twice: fused kernels cannot
+        out, info = compare(world.model, LanguageModelTask(), tracked_layers(cfg, world.model), fit_data, data, rows,
+                            encoded, [q.name for q in queries], methods,
+                            _method_options(s, methods, seed, s["lm_lissa"]), pbrf, "lm")
+    info["lm/model"] = world.name
+    return out, info
+
+
+def summary_table(long: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard error over test points, per task and method; seconds include curvature fitting."""
+    def sem(x):
+        x = x.dropna()
+        return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
+
+    g = long.groupby(["task", "method"], sort=False)
+    return pd.DataFrame({
+        "pearson_mean": g["pearson"].mean(), "pearson_sem": g["pearson"].agg(sem),
+        "spearman_mean": g["spearman"].mean(), "spearman_sem": g["spearman"].agg(sem),
+        "seconds": g["seconds"].first(), "n_test_points": g["pearson"].size(),
+        "n_train_points": g["n_train_points"].first(),
+    }).reset_index()
+
+
+@register("accuracy")
+def run(cfg, world) -> dict[str, pd.DataFrame]:
+    s = settings(cfg)
+    unknown = sorted(set(s["tasks"]) - {"diabetes", "digits", "lm"})
+    if unknown:
+        raise InfluenceError(f"accuracy.tasks has unknown task(s) {unknown}: choose from diabetes, digits, lm")
+    rows, info = [], {}
+    t0 = time.perf_counter()
+    for name in s["tasks"]:
+        with single_thread(cfg.score.get("num_threads") == 1):
+            r, i = lm_task(s, cfg, world) if name == "lm" else tabular_task(name, s, cfg)
+        rows += r
+        info.update(i)
+    long = pd.DataFrame(rows)
+    summary = summary_table(long)
+    meta = {"study": "accuracy", "settings": OmegaConf.to_yaml(OmegaConf.create(s)), "seconds": time.perf_counter() - t0,
+            "pbrf": "central difference at ±epsilon; Bregman term over the fitting rows; EK-FAC's per-layer damping "
+                    "(also given to K-FAC and LiSSA); f = loss on the test point (tabular), log p(completion|prompt) (LM)",
+            **{k: (v if isinstance(v, (int, float, bool)) else str(v)) for k, v in info.items()}}
+    return {"accuracy": long, "accuracy_summary": summary, "_metadata": pd.DataFrame([meta])}

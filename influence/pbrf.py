@@ -1,0 +1,312 @@
+"""The proximal Bregman response function (PBRF, Bae et al. 2022; paper Eq. 7): the ground truth that
+influence estimators approximate (spec §1.1, §5).
+
+For a training example z_m and weight ε, θ(ε) minimizes the proximal Bregman objective
+
+    J_ε(θ) = (1/B) Σ_i D(h(θ, x_i), h(θs, x_i)) + ε·L(z_m, θ) + Σ_ℓ λ_ℓ/2 ‖θ_ℓ − θs_ℓ‖²
+
+over the tracked layers' weights and biases (everything else held fixed), from θs. D is the
+Bregman divergence of the task's loss to the original model's outputs: ½‖h − h_s‖² for squared
+error, KL(p_s ‖ p_θ) for softmax cross-entropy (summed over loss-bearing tokens for sequences).
+Its Hessian at θs is the Gauss–Newton G fitted on the same rows, and λ_ℓ is the estimators' own
+per-layer damping, so (G + λI)⁻¹ is the very operator the estimators approximate.
+
+Sign and scale: the PBRF score is the central difference (f(θ(+ε)) − f(θ(−ε)))/(2ε) ≈ df/dε, with
++ε·L meaning z_m is ADDED with weight ε. Since dθ/dε = −(G+λI)⁻¹∇L (Eq. 9), df/dε = −∇fᵀ(G+λI)⁻¹∇L:
+exactly the library's convention (`influence.scoring.SCALE_CONVENTION`: no 1/N, positive = adding z_m
+raises f), so the PBRF and `compute_scores` agree in sign and scale and correlate positively when
+they agree.
+
+Optimization: on w = (θ − θs)/(ε‖∇L(z_m)‖) with the objective divided by (ε‖∇L(z_m)‖)², so the iterate
+is O(1) whatever ε and z_m, and Adam's step size (or L-BFGS's line-search tolerances) mean the same
+thing for every problem. Converged means the gradient norm
+fell to `tol` × its value at θs (‖∇L(z_m)‖); Adam's step size is halved whenever the gradient norm
+has not improved for `patience` steps. Not converging within `max_steps` raises InfluenceError.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .batching import iter_batches, num_rows
+from .capture import eval_mode, frozen_parameters
+from .errors import InfluenceError
+from .modules import TrackedLayer, find_tracked_layers
+from .scoring import SCALE_CONVENTION
+from .tasks import ClassificationTask, LanguageModelTask, RegressionTask, Task
+
+#: "adam" is the paper's optimizer; "lbfgs" minimizes the same objective to the same tolerance in far fewer
+#: evaluations when the damped G is ill-conditioned (Adam stalls there: see the accuracy study's report)
+OPTIMIZERS = ("adam", "lbfgs")
+
+
+@dataclass
+class PBRFResult:
+    """PBRF scores of Q query rows on N training rows, with the optimizer's diagnostics per (row, ±ε)."""
+
+    scores: torch.Tensor      # (Q, N) central differences, same convention as InfluenceScores.scores
+    indices: torch.Tensor     # (N,) training-set rows
+    steps: torch.Tensor       # (N, 2) objective/gradient evaluations at +ε and −ε
+    grad_norm: torch.Tensor   # (N, 2) final gradient norm relative to its value at θs
+    epsilon: float
+    seconds: float
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def converged(self) -> bool:
+        return bool((self.grad_norm <= float(self.metadata["tol"])).all())
+
+
+def _softmax_kl(outputs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(reference) ‖ softmax(outputs)) over the last axis, accurate when the two are close.
+
+    With δ = outputs − reference centred under p_s (Σ p_s δ = 0), KL = log Σ p_s e^δ = log1p(Σ p_s (e^δ − 1 − δ)):
+    no O(δ) terms cancel, so the O(δ²) divergence keeps its relative precision (the textbook
+    Σ p_s (log p_s − log p) loses it, and with it the optimizer's line search near the optimum).
+    """
+    p_s = torch.softmax(reference, -1)
+    delta = outputs - reference
+    delta = delta - (p_s * delta).sum(-1, keepdim=True)
+    return torch.log1p((p_s * (torch.expm1(delta) - delta)).sum(-1))
+
+
+def bregman_divergence(task: Task, outputs: torch.Tensor, reference: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Σ over rows of D(h, h_s), `reference` = the original model's outputs h_s (logits for softmax tasks)."""
+    if isinstance(task, RegressionTask):
+        return 0.5 * ((outputs - reference) ** 2).sum()
+    if isinstance(task, ClassificationTask):
+        return _softmax_kl(outputs, reference).sum()
+    if isinstance(task, LanguageModelTask):
+        mask = task.loss_mask(batch)[:, :-1]
+        return (_softmax_kl(outputs[:, :-1], reference[:, :-1]) * mask).sum()
+    raise InfluenceError(f"no Bregman divergence for {type(task).__name__}: the PBRF knows RegressionTask, "
+                         "ClassificationTask and LanguageModelTask")
+
+
+def per_row_measurement(model, task: Task, queries: dict) -> torch.Tensor:
+    """f of each query row, (Q,)."""
+    with torch.no_grad():
+        out = task.forward(model, queries)
+        n = out.shape[0]
+        return torch.stack([task.measurement(out[i : i + 1], {k: v[i : i + 1] for k, v in queries.items()})
+                            for i in range(n)])
+
+
+class _Problem:
+    """J(u) = [B(θ)/n + s·ε·(L(z_m, θ) − L(z_m, θs))]/ε² + Σ λ/2 ‖u‖² for one training row, θ = θs + ε·u.
+
+    Every term is computed without cancelling O(1) parts, so J keeps its precision at O(ε²) changes:
+    the line search and the convergence test then see the objective, not rounding noise."""
+
+    def __init__(self, model, task, params, theta_s, lam, chunks, n_bregman, row, epsilon):
+        self.model, self.task, self.params = model, task, params
+        self.theta_s, self.lam, self.chunks, self.n = theta_s, lam, chunks, n_bregman
+        self.row, self.epsilon = row, epsilon
+        self.evaluations = 0
+        self.scale = 1.0  # u = scale·w: set to ‖∇L(z_m)‖ so that the optimizer sees an O(1) problem
+        # L(θ) − L(θs) = D(h, h_s) + ∇_h L(h_s)·(h − h_s) (the Bregman identity): no O(1) terms cancel
+        with torch.no_grad():
+            self.row_ref = task.forward(model, row).detach()
+        with torch.enable_grad():
+            ref = self.row_ref.clone().requires_grad_(True)
+            self.row_grad = torch.autograd.grad(task.loss(ref, row), ref)[0]
+
+    def set_params(self, u: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, t, du in zip(self.params, self.theta_s, u):
+                p.copy_(t + self.epsilon * du)
+
+    def evaluate(self, w: list[torch.Tensor], sign: float) -> tuple[float, list[torch.Tensor]]:
+        """J(u)/c² and ∇_w = (∇_θ[B/n + s·ε·L(z_m)]/ε + λ u)/c at u = c·w, c = `scale`."""
+        self.evaluations += 1
+        eps, c = self.epsilon, self.scale
+        u = [c * t for t in w]
+        self.set_params(u)
+        grads = [torch.zeros_like(p) for p in self.params]
+        value = 0.0
+        with torch.enable_grad():
+            for batch, ref in self.chunks:
+                d = bregman_divergence(self.task, self.task.forward(self.model, batch), ref, batch) / self.n
+                value += float(d.detach()) / eps ** 2
+                for g, gi in zip(grads, torch.autograd.grad(d, self.params)):
+                    g.add_(gi)
+            out = self.task.forward(self.model, self.row)
+            loss = (bregman_divergence(self.task, out, self.row_ref, self.row)
+                    + (self.row_grad * (out - self.row_ref)).sum())
+            value += sign * float(loss.detach()) / eps
+            for g, gi in zip(grads, torch.autograd.grad(loss, self.params)):
+                g.add_(gi, alpha=sign * eps)
+        value += sum(0.5 * lam * float((du.double() ** 2).sum()) for lam, du in zip(self.lam, u))
+        return value / c ** 2, [(g / eps + lam * du) / c for g, lam, du in zip(grads, self.lam, u)]
+
+
+def _norm(ts: list[torch.Tensor]) -> float:
+    return math.sqrt(sum(float((t.double() ** 2).sum()) for t in ts))
+
+
+def _adam(problem, sign, u, g0, lr, max_steps, tol, patience, min_lr_ratio) -> float:
+    """Adam (the paper's optimizer); its step size halves after `patience` steps without 10% progress."""
+    opt = torch.optim.Adam(u, lr=lr)
+    _, g = problem.evaluate([t.detach() for t in u], sign)
+    best, since, rel = math.inf, 0, 1.0
+    while problem.evaluations < max_steps:
+        for t, gi in zip(u, g):
+            t.grad = gi
+        opt.step()
+        _, g = problem.evaluate([t.detach() for t in u], sign)
+        rel = _norm(g) / g0
+        if rel <= tol or not math.isfinite(rel):
+            break
+        if rel < 0.9 * best:
+            best, since = rel, 0
+        else:
+            since += 1
+            if since >= patience:
+                for group in opt.param_groups:
+                    group["lr"] = max(group["lr"] * 0.5, lr * min_lr_ratio)
+                since, best = 0, rel
+    return rel
+
+
+def _lbfgs(problem, sign, u, g0, max_steps, tol, history: int = 100, inner: int = 10) -> float:
+    """L-BFGS with a strong-Wolfe line search on the same objective; the criterion is checked every `inner` iterations."""
+    opt = torch.optim.LBFGS(u, lr=1.0, max_iter=inner, history_size=history, tolerance_grad=0.0,
+                            tolerance_change=0.0, line_search_fn="strong_wolfe")
+
+    def closure():
+        value, g = problem.evaluate([t.detach() for t in u], sign)
+        for t, gi in zip(u, g):
+            t.grad = gi
+        return torch.tensor(value, dtype=torch.float64)
+
+    rel = 1.0
+    while problem.evaluations < max_steps:
+        opt.step(closure)
+        rel = _norm(problem.evaluate([t.detach() for t in u], sign)[1]) / g0
+        if rel <= tol or not math.isfinite(rel):
+            break
+    return rel
+
+
+def _minimize(problem: _Problem, sign: float, optimizer: str, lr: float, max_steps: int, tol: float, patience: int,
+              min_lr_ratio: float) -> tuple[list[torch.Tensor], int, float]:
+    """Minimize J from u = 0 until ‖∇J‖ ≤ tol·‖∇J(0)‖ (= tol·‖∇L(z_m)‖); returns (u, evaluations, final ratio)."""
+    u = [torch.zeros_like(p, requires_grad=True) for p in problem.params]
+    problem.evaluations, problem.scale = 0, 1.0
+    g0 = _norm(problem.evaluate([t.detach() for t in u], sign)[1])
+    if g0 == 0.0:
+        return [t.detach() for t in u], problem.evaluations, 0.0
+    problem.scale = g0  # from here on the iterate is w = u/‖∇L(z_m)‖ and the gradient at w = 0 has norm 1
+    g0 = 1.0
+    if optimizer == "adam":
+        rel = _adam(problem, sign, u, g0, lr, max_steps, tol, patience, min_lr_ratio)
+    else:
+        rel = _lbfgs(problem, sign, u, g0, max_steps, tol)
+    return [problem.scale * t.detach() for t in u], problem.evaluations, rel
+
+
+def pbrf_scores(
+    model,
+    task: Task,
+    train_data: dict[str, torch.Tensor],
+    queries: dict[str, torch.Tensor],
+    damping: dict[str, float],
+    bregman_data: dict[str, torch.Tensor] | None = None,
+    indices: torch.Tensor | None = None,
+    layers: list[TrackedLayer] | None = None,
+    epsilon: float = 1e-3,
+    optimizer: str = "adam",
+    lr: float = 0.01,
+    max_steps: int = 2000,
+    tol: float = 1e-3,
+    patience: int = 20,
+    min_lr_ratio: float = 1e-4,
+    batch_size: int = 1024,
+    dtype: torch.dtype | None = None,
+    progress=None,
+) -> PBRFResult:
+    """PBRF influence of training rows `indices` (default: all) on each query row's f; see the module docstring.
+
+    `damping` maps tracked-layer names to λ_ℓ (pass the estimators' `curvature.damping`); the Bregman term
+    averages over `bregman_data` (default: `train_data`). With `dtype` the work is done on a copy of the model
+    in that precision; otherwise in place, and the parameters are restored exactly afterwards.
+    """
+    n_train = num_rows(train_data)
+    task.check_batch(train_data)
+    bregman_data = train_data if bregman_data is None else bregman_data
+    n_bregman = num_rows(bregman_data)
+    task.check_batch(bregman_data, "the Bregman data")
+    if not (epsilon > 0 and math.isfinite(epsilon)):
+        raise InfluenceError(f"epsilon must be a positive number, got {epsilon}")
+    if optimizer not in OPTIMIZERS:
+        raise InfluenceError(f"unknown PBRF optimizer {optimizer!r}: use one of {list(OPTIMIZERS)}")
+    if max_steps < 1 or not tol > 0 or not lr > 0:
+        raise InfluenceError(f"PBRF optimizer settings must be positive (max_steps={max_steps}, tol={tol}, lr={lr})")
+    layers = layers if layers is not None else find_tracked_layers(model)
+    missing = [l.name for l in layers if l.name not in damping]
+    if missing:
+        raise InfluenceError(f"damping has no λ for layers {missing}: pass the fitted curvature's `damping` dict")
+    if any(not damping[l.name] >= 0 for l in layers):
+        raise InfluenceError("damping values must be non-negative")
+    indices = torch.arange(n_train) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+    work = model
+    if dtype is not None and dtype != next(model.parameters()).dtype:
+        work = copy.deepcopy(model).to(dtype)
+        names = {id(l.module): l.name for l in layers}
+        by_name = dict(model.named_modules())
+        copied = dict(work.named_modules())
+        layers = [TrackedLayer(n, copied[n]) for n, mod in by_name.items() if id(mod) in names]
+    wdt = next(work.parameters()).dtype
+    dev = next(work.parameters()).device
+
+    def cast(b):
+        return {k: (v.to(dev, wdt) if v.is_floating_point() else v.to(dev)) for k, v in b.items()}
+
+    params = [p for l in layers for p in l.parameters()]
+    lam = [float(damping[l.name]) for l in layers for _ in l.parameters()]
+    theta_s = [p.detach().clone() for p in params]
+    queries = cast(queries)
+    t0 = time.perf_counter()
+    scores = torch.zeros(num_rows(queries), len(indices), dtype=torch.float64)
+    steps = torch.zeros(len(indices), 2, dtype=torch.long)
+    rel = torch.zeros(len(indices), 2, dtype=torch.float64)
+    try:
+        with eval_mode(work), frozen_parameters(work):
+            for p in params:
+                p.requires_grad_(True)
+            with torch.no_grad():
+                chunks = [(cast(b), task.forward(work, cast(b)).detach())
+                          for _, b in iter_batches(bregman_data, batch_size)]
+            for j, m in enumerate(indices.tolist()):
+                row = cast({k: v[m : m + 1] for k, v in train_data.items()})
+                problem = _Problem(work, task, params, theta_s, lam, chunks, n_bregman, row, epsilon)
+                f = []
+                for k, sign in enumerate((1.0, -1.0)):
+                    u, steps[j, k], rel[j, k] = _minimize(problem, sign, optimizer, lr, max_steps, tol, patience,
+                                                               min_lr_ratio)
+                    if not rel[j, k] <= tol:
+                        raise InfluenceError(
+                            f"PBRF did not converge for training row {m} at {'+' if sign > 0 else '-'}ε: gradient norm "
+                            f"{float(rel[j, k]):.3g} × its start after {int(steps[j, k])} {optimizer} evaluations (tol {tol:g}): "
+                            f"raise max_steps, change lr or the optimizer, or lower epsilon")
+                    problem.set_params(u)
+                    f.append(per_row_measurement(work, task, queries).double())
+                scores[:, j] = (f[0] - f[1]) / (2 * epsilon)
+                if progress is not None:
+                    progress(1)
+    finally:
+        with torch.no_grad():
+            for p, t in zip(params, theta_s):
+                p.copy_(t)
+    return PBRFResult(
+        scores=scores, indices=indices, steps=steps, grad_norm=rel, epsilon=epsilon,
+        seconds=time.perf_counter() - t0,
+        metadata={"epsilon": epsilon, "optimizer": optimizer, "tol": tol, "lr": lr, "max_steps": max_steps, "patience": patience,
+                  "n_bregman": n_bregman, "dtype": str(wdt), "layers": ",".join(l.name for l in layers),
+                  "damping": ";".join(f"{l.name}={damping[l.name]:.6g}" for l in layers),
+                  "scale_convention": "PBRF central difference (f(θ(+ε)) − f(θ(−ε)))/(2ε); " + SCALE_CONVENTION},
+    )

@@ -1,0 +1,48 @@
+"""The accuracy study end to end on tiny settings: tables, figures, a converged PBRF, and on the tabular
+regression EK-FAC tracks the PBRF better than the plain dot product."""
+import json
+import math
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf, open_dict
+
+from experiments import run as runner
+from experiments.tabular import build_tabular
+
+
+def test_tabular_regression_is_standardized_and_trained_to_convergence(tmp_path):
+    p = build_tabular("diabetes", output_dir=tmp_path)
+    assert p.train["x"].shape == (353, 10) and p.test["x"].shape == (89, 10)
+    assert abs(float(p.train["y"].mean())) < 1e-9 and abs(float(p.train["y"].std()) - 1) < 1e-9
+    assert p.info["training"]["grad_max"] <= 1e-5 and p.info["test_metrics"]["r2"] > 0.1
+    again = build_tabular("diabetes", output_dir=tmp_path)  # cached by fingerprint
+    assert all((a == b).all() for a, b in zip(p.model.parameters(), again.model.parameters()))
+    assert len(list((tmp_path / "models" / "tabular").glob("diabetes-*.safetensors"))) == 1
+
+
+@pytest.mark.slow  # ~14 min on 2 shared cores: the LM PBRF dominates
+def test_accuracy_study_end_to_end(tiny_cfg, tiny_world, tiny_output_dir):
+    cfg = tiny_cfg.copy()
+    with open_dict(cfg):
+        cfg.study = "accuracy"
+        cfg.accuracy = OmegaConf.create({
+            "tasks": ["diabetes", "lm"], "n_test_points": 4, "lissa": {"depth": 100, "batch_size": 64},
+            "tabular": {"diabetes": {"max_train_points": 30, "bregman_rows": 120}},
+            "lm_train_sequences": 4, "lm_queries": 2, "bregman_subset": 6, "lm_lissa": {"depth": 10, "batch_size": 6},
+        })
+    tables = runner.main(cfg)
+    long, summary = tables["accuracy"], tables["accuracy_summary"]
+    assert len(long) == 4 * 4 + 4 * 2  # methods × test points, per task
+    assert long["pearson"].between(-1, 1).all() and long["spearman"].between(-1, 1).all()
+    assert (long["seconds"] > 0).all()
+    meta = tables["_metadata"].iloc[0]
+    assert meta["diabetes/pbrf_converged"] and meta["lm/pbrf_converged"]
+    assert meta["diabetes/pbrf_grad_ratio_max"] <= 1e-3 and meta["diabetes/bregman_rows"] == 120
+    s = summary.set_index(["task", "method"])
+    assert not math.isnan(s.loc[("diabetes", "ekfac"), "pearson_sem"])
+    assert s.loc[("diabetes", "ekfac"), "pearson_mean"] > s.loc[("diabetes", "identity"), "pearson_mean"]
+    run_dir = tiny_output_dir / "runs" / "latest"
+    assert len(pd.read_parquet(run_dir / "accuracy_summary.parquet")) == 8
+    assert json.loads((run_dir / "metadata.json").read_text())["study"] == "accuracy"
+    assert (run_dir / "figures" / "fig6_accuracy.png").exists() and (run_dir / "figures" / "fig7_accuracy_vs_time.png").exists()
