@@ -31,8 +31,11 @@ class LissaConfig(FitConfig):
 
 def gauss_newton_product(model, task, layers, batch, vec: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """(1/B) Σ_b J_bᵀ H_b J_b v on one batch, v and the result in canonical (P, M+1) layout."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     params = [p for l in layers for p in l.parameters()]
-    with frozen_parameters(model), torch.enable_grad():
+    # the double-backward trick needs twice-differentiable attention: fused SDPA kernels are not, MATH is
+    with frozen_parameters(model), torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
         for p in params:
             p.requires_grad_(True)
         out = task.forward(model, batch)

@@ -113,3 +113,16 @@ def test_lissa_converges_to_the_exact_damped_inverse_of_its_gauss_newton_product
     exact = torch.linalg.solve(M, flat_q.T).T
     got = torch.cat([pre[l.name].flatten(1) for l in layers], 1)
     assert (got - exact).norm() / exact.norm() < 1e-6
+
+
+def test_lissa_runs_on_gpt2_with_fused_attention_in_float32():
+    """GPT-2's default SDPA attention has no double backward: the GN products must fall back to the math kernel."""
+    from .tiny import gpt2
+
+    model, task = gpt2(dtype=torch.float32), LanguageModelTask()
+    assert model.config._attn_implementation == "sdpa"
+    data = token_data(8, 9)
+    curv = fit_curvature(model, task, data, method="lissa", batch_size=4, depth=3, power_iterations=2)
+    v = {l.name: torch.randn(1, *l.shape) for l in curv.layers}
+    out = curv.ihvp(v)
+    assert all(torch.isfinite(t).all() and t.abs().sum() > 0 for t in out.values())
