@@ -43,6 +43,8 @@ def tail(scores: np.ndarray, n: int) -> tuple[np.ndarray, float]:
 def fit_law(name: str, x: np.ndarray, u: float) -> tuple[tuple, float]:
     """Maximum-likelihood parameters and log-likelihood of one law on tail points x > u."""
     dist = DISTRIBUTIONS[name]
+    if u >= x.min():  # ties at the threshold (float32 scores): laws starting at u need every point strictly above it
+        u = float(x.min()) - 1e-9 * max(abs(float(x.min())), 1e-30)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         if name == "power_law":
@@ -65,11 +67,15 @@ def fit_tail(scores: np.ndarray, n: int = 500) -> pd.DataFrame:
         return pd.DataFrame()
     rows = []
     for name, dist in DISTRIBUTIONS.items():
-        params, ll = fit_law(name, x, u)
-        ks = stats.kstest(x, dist.cdf, args=params)
+        try:
+            params, ll = fit_law(name, x, u)
+            ks = stats.kstest(x, dist.cdf, args=params)
+            ks_stat, ks_p, note = float(ks.statistic), float(ks.pvalue), ""
+        except (ValueError, RuntimeError, FloatingPointError) as e:  # a law scipy cannot fit to these points
+            params, ll, ks_stat, ks_p, note = (), -np.inf, np.nan, np.nan, f"fit failed: {str(e).splitlines()[0][:120]}"
         rows.append({"distribution": name, "params": params, "loglik": ll, "aic": 2 * FREE_PARAMS[name] - 2 * ll,
-                     "ks_stat": float(ks.statistic),
-                     "ks_p": float(ks.pvalue), "n_tail": len(x), "x_min": float(x.min()), "threshold": u})
+                     "ks_stat": ks_stat, "ks_p": ks_p, "n_tail": len(x), "x_min": float(x.min()), "threshold": u,
+                     "note": note})
     df = pd.DataFrame(rows)
     df.loc[~np.isfinite(df["loglik"]), "aic"] = np.inf
     return df
@@ -117,6 +123,8 @@ def ccdf_figure(scores: pd.DataFrame, fits: pd.DataFrame, table: pd.DataFrame, m
         ax.loglog(x, ccdf, ".", ms=3, color="black", label="influence")
         grid = np.geomspace(x.min(), x.max(), 100)
         for name in ("power_law", "exponential", "weibull", "gev"):
+            if not f.loc[name, "params"]:
+                continue  # scipy could not fit this law (see the fits table's note)
             params = tuple(float(v) for v in f.loc[name, "params"].split(","))
             c0 = DISTRIBUTIONS[name].sf(x.min(), *params) or 1.0
             ax.loglog(grid, DISTRIBUTIONS[name].sf(grid, *params) / c0, lw=1, label=name)

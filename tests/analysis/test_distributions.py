@@ -64,3 +64,11 @@ def test_passage_search_ignores_whitespace_and_reports_the_offset():
     assert m["contains_passage"].tolist() == [True, False] and m["char_offset"].tolist() == [2, -1]
     s = memorization_summary(m, {"quote": 3}).iloc[0]
     assert s["first_rank_with_passage"] == 1 and s["copies_in_top_k"] == 1 and s["copies_in_corpus"] == 3
+
+
+def test_ties_at_the_tail_threshold_still_fit_every_law():
+    """float32 scores tie: the point at the threshold must not break laws that start there (Rayleigh, Weibull)."""
+    x = np.random.default_rng(2).exponential(1.0, 5000).astype(np.float32)
+    x = np.r_[x, np.full(50, np.sort(x)[-300], dtype=np.float32)]
+    fits = fit_tail(x, n=300)
+    assert len(fits) == 7 and np.isfinite(fits["loglik"]).all(), fits[["distribution", "note"]]
