@@ -21,6 +21,16 @@ def _summary(table: pd.DataFrame) -> pd.DataFrame:
     return summary_table(table)
 
 
+def _task_labels(s: pd.DataFrame, tasks: list[str]) -> dict[str, str]:
+    """Task names, marked where the PBRF ground truth failed its convergence or ε vs ε/2 check."""
+    out = {}
+    for t in tasks:
+        g = s[s["task"] == t]
+        ok = all(bool(g[c].all()) for c in ("pbrf_converged", "pbrf_linear") if c in g)
+        out[t] = t if ok else f"{t}\n(PBRF unverified)"
+    return out
+
+
 def correlation_bars(table: pd.DataFrame, metric: str = "pearson") -> plt.Figure:
     """Fig. 6: mean correlation with the PBRF per task (groups) and method (bars), ± one standard error."""
     s = _summary(table)
@@ -33,7 +43,8 @@ def correlation_bars(table: pd.DataFrame, metric: str = "pearson") -> plt.Figure
         g = s[s["method"] == m].set_index("task").reindex(tasks)
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, g[f"{metric}_mean"], width, yerr=g[f"{metric}_sem"],
                capsize=2, label=LABELS.get(m, m), color=COLORS.get(m))
-    ax.set_xticks(x, tasks)
+    labels = _task_labels(s, tasks)
+    ax.set_xticks(x, [labels[t] for t in tasks])
     ax.axhline(0, color="black", lw=0.6)
     ax.set_ylabel(f"{metric.capitalize()} r with the PBRF")
     ax.set_title("Influence estimators vs the PBRF", fontsize=9)
@@ -54,7 +65,7 @@ def correlation_vs_time(table: pd.DataFrame, metric: str = "pearson") -> plt.Fig
                         color=COLORS.get(r["method"]), label=LABELS.get(r["method"], r["method"]))
         ax.set_xscale("log")
         ax.set_xlabel("wall-clock (s), fitting included")
-        ax.set_title(t, fontsize=9)
+        ax.set_title(_task_labels(s, [t])[t].replace("\n", " "), fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{metric.capitalize()} r with the PBRF")
     axes[0][0].legend(fontsize=7)

@@ -21,7 +21,9 @@ Optimization: on w = (θ − θs)/(ε‖∇L(z_m)‖) with the objective divided
 is O(1) whatever ε and z_m, and Adam's step size (or L-BFGS's line-search tolerances) mean the same
 thing for every problem. Converged means the gradient norm
 fell to `tol` × its value at θs (‖∇L(z_m)‖); Adam's step size is halved whenever the gradient norm
-has not improved for `patience` steps. Not converging within `max_steps` raises InfluenceError.
+has not improved for `patience` steps. Not converging within `max_steps` raises InfluenceError, or with
+`on_failure="record"` is recorded (`grad_norm`, `converged`) and the scores of that row are still the
+central difference at the last iterate: a caller that records must check `converged` before trusting them.
 """
 from __future__ import annotations
 
@@ -193,7 +195,7 @@ def _lbfgs(problem, sign, u, g0, max_steps, tol, history: int = 100, inner: int 
 
 
 def _minimize(problem: _Problem, sign: float, optimizer: str, lr: float, max_steps: int, tol: float, patience: int,
-              min_lr_ratio: float) -> tuple[list[torch.Tensor], int, float]:
+              min_lr_ratio: float, history: int = 100) -> tuple[list[torch.Tensor], int, float]:
     """Minimize J from u = 0 until ‖∇J‖ ≤ tol·‖∇J(0)‖ (= tol·‖∇L(z_m)‖); returns (u, evaluations, final ratio)."""
     u = [torch.zeros_like(p, requires_grad=True) for p in problem.params]
     problem.evaluations, problem.scale = 0, 1.0
@@ -205,7 +207,7 @@ def _minimize(problem: _Problem, sign: float, optimizer: str, lr: float, max_ste
     if optimizer == "adam":
         rel = _adam(problem, sign, u, g0, lr, max_steps, tol, patience, min_lr_ratio)
     else:
-        rel = _lbfgs(problem, sign, u, g0, max_steps, tol)
+        rel = _lbfgs(problem, sign, u, g0, max_steps, tol, history=history)
     return [problem.scale * t.detach() for t in u], problem.evaluations, rel
 
 
@@ -227,13 +229,17 @@ def pbrf_scores(
     min_lr_ratio: float = 1e-4,
     batch_size: int = 1024,
     dtype: torch.dtype | None = None,
+    history: int = 100,
+    on_failure: str = "raise",
     progress=None,
 ) -> PBRFResult:
     """PBRF influence of training rows `indices` (default: all) on each query row's f; see the module docstring.
 
     `damping` maps tracked-layer names to λ_ℓ (pass the estimators' `curvature.damping`); the Bregman term
     averages over `bregman_data` (default: `train_data`). With `dtype` the work is done on a copy of the model
-    in that precision; otherwise in place, and the parameters are restored exactly afterwards.
+    in that precision; otherwise in place, and the parameters are restored exactly afterwards. `history` is
+    L-BFGS's memory. A solve that misses `tol` within `max_steps` raises InfluenceError (`on_failure="raise"`)
+    or is recorded in `grad_norm` / `converged` and the next row goes on (`on_failure="record"`).
     """
     n_train = num_rows(train_data)
     task.check_batch(train_data)
@@ -244,7 +250,9 @@ def pbrf_scores(
         raise InfluenceError(f"epsilon must be a positive number, got {epsilon}")
     if optimizer not in OPTIMIZERS:
         raise InfluenceError(f"unknown PBRF optimizer {optimizer!r}: use one of {list(OPTIMIZERS)}")
-    if max_steps < 1 or not tol > 0 or not lr > 0:
+    if on_failure not in ("raise", "record"):
+        raise InfluenceError(f"on_failure must be 'raise' or 'record', got {on_failure!r}")
+    if max_steps < 1 or not tol > 0 or not lr > 0 or history < 1:
         raise InfluenceError(f"PBRF optimizer settings must be positive (max_steps={max_steps}, tol={tol}, lr={lr})")
     layers = layers if layers is not None else find_tracked_layers(model)
     missing = [l.name for l in layers if l.name not in damping]
@@ -287,8 +295,8 @@ def pbrf_scores(
                 f = []
                 for k, sign in enumerate((1.0, -1.0)):
                     u, steps[j, k], rel[j, k] = _minimize(problem, sign, optimizer, lr, max_steps, tol, patience,
-                                                               min_lr_ratio)
-                    if not rel[j, k] <= tol:
+                                                               min_lr_ratio, history)
+                    if not rel[j, k] <= tol and on_failure == "raise":
                         raise InfluenceError(
                             f"PBRF did not converge for training row {m} at {'+' if sign > 0 else '-'}ε: gradient norm "
                             f"{float(rel[j, k]):.3g} × its start after {int(steps[j, k])} {optimizer} evaluations (tol {tol:g}): "
@@ -306,6 +314,7 @@ def pbrf_scores(
         scores=scores, indices=indices, steps=steps, grad_norm=rel, epsilon=epsilon,
         seconds=time.perf_counter() - t0,
         metadata={"epsilon": epsilon, "optimizer": optimizer, "tol": tol, "lr": lr, "max_steps": max_steps, "patience": patience,
+                  "history": history, "on_failure": on_failure,
                   "n_bregman": n_bregman, "dtype": str(wdt), "layers": ",".join(l.name for l in layers),
                   "damping": ";".join(f"{l.name}={damping[l.name]:.6g}" for l in layers),
                   "scale_convention": "PBRF central difference (f(θ(+ε)) − f(θ(−ε)))/(2ε); " + SCALE_CONVENTION},

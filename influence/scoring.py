@@ -67,7 +67,7 @@ def score_captured(pre: dict[str, torch.Tensor], a: dict, ds: dict, layer_names:
             per_layer.append(t.sum(-1))
         else:
             dw = sequence_gradients(a[name], ds[name])
-            per_layer.append(-dw.flatten(1) @ q.flatten(1).T)
+            per_layer.append((dw.flatten(1) @ q.flatten(1).T).neg_())  # negate the (B, Q) result, not the (B, P·M) dw
     layer = torch.stack(per_layer, -1)
     return layer, (torch.stack(per_tok, 2) if per_token else None)
 

@@ -8,6 +8,13 @@ identity is the undamped dot product. Tasks: the tabular regression and classifi
 or a configured subset) and the world's language model (f = log p(completion | prompt) of its first
 queries; G and the Bregman term over a fixed subset of training sequences). The scored training rows are
 drawn from the Bregman rows.
+
+The ground truth is checked, not assumed: every PBRF solve must reach `pbrf.tol` (gradient norm relative to
+‖∇L(z_m)‖) within `pbrf.max_steps` evaluations, and on the first `linearity_rows` scored rows the PBRF is
+solved again at ε/2, whose central differences must agree with ε's to `linearity_tol` (relative norm). A
+task that fails either check is not dropped or fatal: its correlations are still computed, but every
+row of the tables carries `pbrf_converged` / `pbrf_linear` = False, the achieved gradient ratio and the
+ε vs ε/2 disagreement, the figures label it, and the metadata lists it under `pbrf_unverified_tasks`.
 """
 from __future__ import annotations
 
@@ -40,7 +47,9 @@ DEFAULTS = {
     "test_fraction": 0.2,
     "epsilon": 1e-3,
     "lissa": {"depth": 500, "batch_size": 32},
-    "pbrf": {"optimizer": "lbfgs", "lr": 0.01, "max_steps": 3000, "tol": 1e-3, "patience": 20},
+    "pbrf": {"optimizer": "lbfgs", "lr": 0.01, "max_steps": 3000, "tol": 1e-3, "patience": 20, "history": 100},
+    "linearity_rows": 10,   # scored rows re-solved at ε/2 (0: no check, and pbrf_linear is False)
+    "linearity_tol": 0.05,  # ‖s(ε) − s(ε/2)‖ / ‖s(ε/2)‖ above this: the PBRF is not in its linear regime
     "tabular": {},          # per tabular task: max_train_points, bregman_rows, epsilon, hidden, activation, ...
     "lm_train_sequences": 20,
     "lm_queries": 5,
@@ -48,6 +57,7 @@ DEFAULTS = {
     "lm_epsilon": 1e-3,
     "lm_lissa": {"depth": 100, "batch_size": 8},
     "lm_pbrf_dtype": "float64",
+    "lm_pbrf": {},          # LM overrides of `pbrf` (e.g. tol, max_steps, history)
 }
 _TABULAR_BUILD_KEYS = ("hidden", "activation", "weight_decay", "grad_tol", "max_iter")
 
@@ -64,6 +74,8 @@ def settings(cfg) -> dict:
         out[k] = {**v, **(u or {})} if isinstance(v, dict) else u
     if int(out["n_test_points"]) < 1 or int(out["lm_queries"]) < 1 or int(out["lm_train_sequences"]) < 3:
         raise InfluenceError("accuracy needs n_test_points >= 1, lm_queries >= 1 and lm_train_sequences >= 3")
+    if int(out["linearity_rows"]) < 0 or not float(out["linearity_tol"]) > 0:
+        raise InfluenceError("accuracy needs linearity_rows >= 0 and linearity_tol > 0")
     return out
 
 
@@ -75,7 +87,7 @@ def _correlations(est: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]
 
 
 def compare(model, task, layers, fit_data, score_data, score_rows, queries, query_names, methods, method_options,
-            pbrf_options, task_name) -> tuple[list[dict], dict]:
+            pbrf_options, task_name, linearity_rows: int = 10, linearity_tol: float = 0.05) -> tuple[list[dict], dict]:
     """Every estimator and the PBRF on (queries × score_rows): one row per (method, query), and PBRF stats."""
     if "ekfac" not in methods:
         raise InfluenceError("accuracy.methods must include ekfac: its per-layer damping defines the PBRF target")
@@ -91,25 +103,53 @@ def compare(model, task, layers, fit_data, score_data, score_rows, queries, quer
         fitted[method] = (curv, result.scores)
         log.info("%s %s: %.2fs", task_name, method, seconds[method])
     damping = fitted["ekfac"][0].damping
+    options = {**pbrf_options, "on_failure": "record"}
     t0 = time.perf_counter()
     truth = pbrf_scores(model, task, score_data, queries, damping, bregman_data=fit_data, indices=score_rows,
-                        layers=layers, **pbrf_options)
+                        layers=layers, **options)
     pbrf_seconds = time.perf_counter() - t0
-    log.info("%s PBRF: %.1fs, evaluations per solve %.0f (max %d)", task_name, pbrf_seconds,
-             float(truth.steps.double().mean()), int(truth.steps.max()))
+    log.info("%s PBRF: %.1fs, evaluations per solve %.0f (max %d), gradient ratio max %.3g (tol %g)", task_name,
+             pbrf_seconds, float(truth.steps.double().mean()), int(truth.steps.max()), float(truth.grad_norm.max()),
+             float(truth.metadata["tol"]))
+    # linear regime: the central differences at ε/2 on the first rows must agree with ε's
+    k = min(int(linearity_rows), len(score_rows))
+    half_diff, half_converged = math.nan, False
+    if k > 0:
+        t1 = time.perf_counter()
+        half = pbrf_scores(model, task, score_data, queries, damping, bregman_data=fit_data, indices=score_rows[:k],
+                           layers=layers, **{**options, "epsilon": truth.epsilon / 2})
+        ref = half.scores.norm()
+        half_diff = float((truth.scores[:, :k] - half.scores).norm() / ref) if ref > 0 else math.nan
+        half_converged = half.converged
+        log.info("%s PBRF at ε/2 on %d rows: relative difference %.3g (%.1fs)", task_name, k, half_diff,
+                 time.perf_counter() - t1)
+    converged = bool(truth.converged and (half_converged or k == 0))
+    linear = bool(k > 0 and half_diff <= float(linearity_tol))
+    if not (converged and linear):
+        log.warning("%s: the PBRF ground truth is NOT verified (converged=%s, gradient ratio max %.3g vs tol %g; "
+                    "ε vs ε/2 relative difference %.3g vs %g): its correlations are reported but flagged", task_name,
+                    converged, float(truth.grad_norm.max()), float(truth.metadata["tol"]), half_diff, linearity_tol)
     rows = []
     for method in methods:
         scores = fitted[method][1]
         for qi, qname in enumerate(query_names):
             p, s = _correlations(scores[qi], truth.scores[qi])
             rows.append({"task": task_name, "method": method, "test_point": qname, "pearson": p, "spearman": s,
-                         "seconds": seconds[method], "n_train_points": len(score_rows)})
+                         "seconds": seconds[method], "n_train_points": len(score_rows),
+                         "pbrf_seconds": pbrf_seconds, "pbrf_converged": converged, "pbrf_linear": linear,
+                         "pbrf_grad_ratio_max": float(truth.grad_norm.max()), "pbrf_eps_half_rel_diff": half_diff})
     info = {f"{task_name}/pbrf_seconds": pbrf_seconds,
             f"{task_name}/pbrf_evaluations_mean": float(truth.steps.double().mean()),
             f"{task_name}/pbrf_evaluations_max": int(truth.steps.max()),
             f"{task_name}/pbrf_grad_ratio_max": float(truth.grad_norm.max()),
-            f"{task_name}/pbrf_converged": truth.converged,
+            f"{task_name}/pbrf_tol": float(truth.metadata["tol"]),
+            f"{task_name}/pbrf_solves_unconverged": int((truth.grad_norm > float(truth.metadata["tol"])).sum()),
+            f"{task_name}/pbrf_converged": converged,
+            f"{task_name}/pbrf_linear": linear,
+            f"{task_name}/pbrf_eps_half_rel_diff": half_diff,
+            f"{task_name}/pbrf_eps_half_rows": k,
             f"{task_name}/pbrf_epsilon": truth.epsilon,
+            f"{task_name}/pbrf_optimizer": truth.metadata["optimizer"],
             f"{task_name}/bregman_rows": truth.metadata["n_bregman"],
             f"{task_name}/n_train_points": len(score_rows),
             f"{task_name}/n_test_points": len(query_names),
@@ -150,7 +190,8 @@ def tabular_task(name: str, s: dict, cfg) -> tuple[list[dict], dict]:
     pbrf = {**s["pbrf"], "epsilon": float(per.get("epsilon", s["epsilon"]))}
     out, info = compare(problem.model, problem.task, problem.layers, fit_data, problem.train, rows, queries,
                         [f"test_{int(i)}" for i in test_rows], methods,
-                        _method_options(s, methods, seed, s["lissa"]), pbrf, name)
+                        _method_options(s, methods, seed, s["lissa"]), pbrf, name, int(s["linearity_rows"]),
+                        float(s["linearity_tol"]))
     info[f"{name}/model"] = (f"MLP {problem.info['hidden']} {problem.info['activation']}, weight decay "
                              f"{problem.info['weight_decay']}, train {problem.info['train_metrics']}, "
                              f"test {problem.info['test_metrics']}")
@@ -173,13 +214,11 @@ def lm_task(s: dict, cfg, world) -> tuple[list[dict], dict]:
     dtype = getattr(torch, str(s["lm_pbrf_dtype"]), None)
     if not isinstance(dtype, torch.dtype):
         raise InfluenceError(f"accuracy.lm_pbrf_dtype={s['lm_pbrf_dtype']!r} is not a torch dtype: use float64 or float32")
-    pbrf = {**s["pbrf"], "epsilon": float(s["lm_epsilon"]), "dtype": dtype, "batch_size": 16}
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel([SDPBackend.MATH]):  # LiSSA's Gauss–Newton products differentiate twice: fused kernels cannot
-        out, info = compare(world.model, LanguageModelTask(), tracked_layers(cfg, world.model), fit_data, data, rows,
-                            encoded, [q.name for q in queries], methods,
-                            _method_options(s, methods, seed, s["lm_lissa"]), pbrf, "lm")
+    pbrf = {**s["pbrf"], **s["lm_pbrf"], "epsilon": float(s["lm_epsilon"]), "dtype": dtype, "batch_size": 16}
+    out, info = compare(world.model, LanguageModelTask(), tracked_layers(cfg, world.model), fit_data, data, rows,
+                        encoded, [q.name for q in queries], methods,
+                        _method_options(s, methods, seed, s["lm_lissa"]), pbrf, "lm", int(s["linearity_rows"]),
+                        float(s["linearity_tol"]))
     info["lm/model"] = world.name
     return out, info
 
@@ -196,6 +235,8 @@ def summary_table(long: pd.DataFrame) -> pd.DataFrame:
         "spearman_mean": g["spearman"].mean(), "spearman_sem": g["spearman"].agg(sem),
         "seconds": g["seconds"].first(), "n_test_points": g["pearson"].size(),
         "n_train_points": g["n_train_points"].first(),
+        **{c: g[c].first() for c in ("pbrf_seconds", "pbrf_converged", "pbrf_linear", "pbrf_grad_ratio_max", "pbrf_eps_half_rel_diff")
+           if c in long},
     }).reset_index()
 
 
@@ -214,7 +255,9 @@ def run(cfg, world) -> dict[str, pd.DataFrame]:
         info.update(i)
     long = pd.DataFrame(rows)
     summary = summary_table(long)
-    meta = {"study": "accuracy", "settings": OmegaConf.to_yaml(OmegaConf.create(s)), "seconds": time.perf_counter() - t0,
+    unverified = [t for t in s["tasks"] if not (info[f"{t}/pbrf_converged"] and info[f"{t}/pbrf_linear"])]
+    meta = {"study": "accuracy", "pbrf_unverified_tasks": ",".join(unverified),
+            "settings": OmegaConf.to_yaml(OmegaConf.create(s)), "seconds": time.perf_counter() - t0,
             "pbrf": "central difference at ±epsilon; Bregman term over the fitting rows; EK-FAC's per-layer damping "
                     "(also given to K-FAC and LiSSA); f = loss on the test point (tabular), log p(completion|prompt) (LM)",
             **{k: (v if isinstance(v, (int, float, bool)) else str(v)) for k, v in info.items()}}
