@@ -23,15 +23,16 @@ def test_tabular_regression_is_standardized_and_trained_to_convergence(tmp_path)
 
 def test_accuracy_study_end_to_end(tiny_cfg, tiny_world, tiny_output_dir):
     """Tiny settings (< 1 min): diabetes on 12 rows of an 80-row Bregman set, the tiny LM on 3 sequences × 2 queries
-    with a PBRF budget it may or may not meet: either way the tables must say which, not crash."""
+    with a PBRF budget of 10 evaluations it does not meet (gradient ratio ~0.2 after 150): the tables must say so,
+    not crash."""
     cfg = tiny_cfg.copy()
     with open_dict(cfg):
         cfg.study = "accuracy"
         cfg.accuracy = OmegaConf.create({
             "tasks": ["diabetes", "lm"], "n_test_points": 4, "lissa": {"depth": 50, "batch_size": 40},
-            "tabular": {"diabetes": {"max_train_points": 12, "bregman_rows": 80}}, "linearity_rows": 3,
+            "tabular": {"diabetes": {"max_train_points": 12, "bregman_rows": 80}}, "linearity_rows": 2,
             "lm_train_sequences": 3, "lm_queries": 2, "bregman_subset": 4, "lm_lissa": {"depth": 5, "batch_size": 4},
-            "lm_pbrf": {"max_steps": 150, "tol": 1e-4},
+            "lm_pbrf": {"max_steps": 10, "tol": 1e-4},
         })
     tables = runner.main(cfg)
     long, summary = tables["accuracy"], tables["accuracy_summary"]
@@ -42,7 +43,7 @@ def test_accuracy_study_end_to_end(tiny_cfg, tiny_world, tiny_output_dir):
     # the tabular ground truth is verified: every solve converged and ε vs ε/2 agree
     assert meta["diabetes/pbrf_converged"] and meta["diabetes/pbrf_linear"]
     assert meta["diabetes/pbrf_grad_ratio_max"] <= 1e-3 and meta["diabetes/bregman_rows"] == 80
-    assert meta["diabetes/pbrf_eps_half_rel_diff"] <= 0.05 and meta["diabetes/pbrf_eps_half_rows"] == 3
+    assert meta["diabetes/pbrf_eps_half_rel_diff"] <= 0.05 and meta["diabetes/pbrf_eps_half_rows"] == 2
     # the LM's flags are consistent with what its optimizer achieved, and an unverified task is listed
     lm_ok = meta["lm/pbrf_grad_ratio_max"] <= 1e-4 and meta["lm/pbrf_eps_half_rel_diff"] <= 0.05
     assert bool(meta["lm/pbrf_converged"] and meta["lm/pbrf_linear"]) == bool(lm_ok)
