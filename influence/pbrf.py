@@ -36,6 +36,7 @@ import torch
 
 from .batching import iter_batches, num_rows
 from .capture import eval_mode, frozen_parameters
+from .curvature.factors import eigenbasis_ihvp
 from .errors import InfluenceError
 from .modules import TrackedLayer, find_tracked_layers
 from .scoring import SCALE_CONVENTION
@@ -110,6 +111,8 @@ class _Problem:
         self.row, self.epsilon = row, epsilon
         self.evaluations = 0
         self.scale = 1.0  # u = scale·w: set to ‖∇L(z_m)‖ so that the optimizer sees an O(1) problem
+        self.precondition = None  # a symmetric positive-definite map M on parameter lists: u = scale·M(w)
+        self.true_norm = math.nan
         # L(θ) − L(θs) = D(h, h_s) + ∇_h L(h_s)·(h − h_s) (the Bregman identity): no O(1) terms cancel
         with torch.no_grad():
             self.row_ref = task.forward(model, row).detach()
@@ -123,10 +126,12 @@ class _Problem:
                 p.copy_(t + self.epsilon * du)
 
     def evaluate(self, w: list[torch.Tensor], sign: float) -> tuple[float, list[torch.Tensor]]:
-        """J(u)/c² and ∇_w = (∇_θ[B/n + s·ε·L(z_m)]/ε + λ u)/c at u = c·w, c = `scale`."""
+        """J(u)/c² and ∇_w = M(∇_θ[B/n + s·ε·L(z_m)]/ε + λ u)/c at u = c·M(w), c = `scale`, M the preconditioner
+        (identity by default). `true_norm` keeps ‖∇_u J‖/c, the unpreconditioned gradient the criterion tests."""
         self.evaluations += 1
         eps, c = self.epsilon, self.scale
-        u = [c * t for t in w]
+        m = self.precondition if self.precondition is not None else (lambda ts: ts)
+        u = [c * t for t in m(w)]
         self.set_params(u)
         grads = [torch.zeros_like(p) for p in self.params]
         value = 0.0
@@ -143,7 +148,9 @@ class _Problem:
             for g, gi in zip(grads, torch.autograd.grad(loss, self.params)):
                 g.add_(gi, alpha=sign * eps)
         value += sum(0.5 * lam * float((du.double() ** 2).sum()) for lam, du in zip(self.lam, u))
-        return value / c ** 2, [(g / eps + lam * du) / c for g, lam, du in zip(grads, self.lam, u)]
+        g_u = [(g / eps + lam * du) / c for g, lam, du in zip(grads, self.lam, u)]
+        self.true_norm = _norm(g_u)
+        return value / c ** 2, m(g_u)
 
 
 def _norm(ts: list[torch.Tensor]) -> float:
@@ -160,7 +167,7 @@ def _adam(problem, sign, u, g0, lr, max_steps, tol, patience, min_lr_ratio) -> f
             t.grad = gi
         opt.step()
         _, g = problem.evaluate([t.detach() for t in u], sign)
-        rel = _norm(g) / g0
+        rel = problem.true_norm / g0
         if rel <= tol or not math.isfinite(rel):
             break
         if rel < 0.9 * best:
@@ -188,7 +195,8 @@ def _lbfgs(problem, sign, u, g0, max_steps, tol, history: int = 100, inner: int 
     rel = 1.0
     while problem.evaluations < max_steps:
         opt.step(closure)
-        rel = _norm(problem.evaluate([t.detach() for t in u], sign)[1]) / g0
+        problem.evaluate([t.detach() for t in u], sign)
+        rel = problem.true_norm / g0
         if rel <= tol or not math.isfinite(rel):
             break
     return rel
@@ -199,7 +207,9 @@ def _minimize(problem: _Problem, sign: float, optimizer: str, lr: float, max_ste
     """Minimize J from u = 0 until ‖∇J‖ ≤ tol·‖∇J(0)‖ (= tol·‖∇L(z_m)‖); returns (u, evaluations, final ratio)."""
     u = [torch.zeros_like(p, requires_grad=True) for p in problem.params]
     problem.evaluations, problem.scale = 0, 1.0
+    precondition, problem.precondition = problem.precondition, None
     g0 = _norm(problem.evaluate([t.detach() for t in u], sign)[1])
+    problem.precondition = precondition
     if g0 == 0.0:
         return [t.detach() for t in u], problem.evaluations, 0.0
     problem.scale = g0  # from here on the iterate is w = u/‖∇L(z_m)‖ and the gradient at w = 0 has norm 1
@@ -208,7 +218,33 @@ def _minimize(problem: _Problem, sign: float, optimizer: str, lr: float, max_ste
         rel = _adam(problem, sign, u, g0, lr, max_steps, tol, patience, min_lr_ratio)
     else:
         rel = _lbfgs(problem, sign, u, g0, max_steps, tol, history=history)
-    return [problem.scale * t.detach() for t in u], problem.evaluations, rel
+    m = problem.precondition if problem.precondition is not None else (lambda ts: ts)
+    return [problem.scale * t for t in m([t.detach() for t in u])], problem.evaluations, rel
+
+
+def _eigenbasis_preconditioner(curvature, layers: list[TrackedLayer], damping: dict[str, float]):
+    """M(ts) = Q_S [(Q_Sᵀ V Q_A) ⊘ (Λ + λ)^½] Q_Aᵀ per layer, V the layer's [W | b] block of the parameter list ts."""
+    basis, lam = getattr(curvature, "basis", None), getattr(curvature, "lam", None)
+    if basis is None or not isinstance(lam, dict) or any(l.name not in lam for l in layers):
+        raise InfluenceError("the PBRF preconditioner must be a fitted EK-FAC curvature on the same layers")
+    blocks = []
+    for l in layers:
+        q_s, q_a = basis.q_s[l.name], basis.q_a[l.name]
+        if lam[l.name].shape != l.shape:
+            raise InfluenceError(f"the PBRF preconditioner's eigenvalues for {l.name} have shape "
+                                 f"{tuple(lam[l.name].shape)}, not the layer's {l.shape}: use a fitted EK-FAC")
+        blocks.append((l, len(l.parameters()), q_s, q_a, (lam[l.name].double() + float(damping[l.name])).sqrt()))
+
+    def apply(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+        out, i = [], 0
+        for l, k, q_s, q_a, root in blocks:
+            mat = l.from_parameter_grads(ts[i : i + k])
+            dev = mat.device
+            out += l.to_parameter_grads(eigenbasis_ihvp(mat, q_s.to(dev), q_a.to(dev), root.to(dev)))
+            i += k
+        return [t.contiguous() for t in out]
+
+    return apply
 
 
 def pbrf_scores(
@@ -231,6 +267,7 @@ def pbrf_scores(
     dtype: torch.dtype | None = None,
     history: int = 100,
     on_failure: str = "raise",
+    preconditioner=None,
     progress=None,
 ) -> PBRFResult:
     """PBRF influence of training rows `indices` (default: all) on each query row's f; see the module docstring.
@@ -240,6 +277,9 @@ def pbrf_scores(
     in that precision; otherwise in place, and the parameters are restored exactly afterwards. `history` is
     L-BFGS's memory. A solve that misses `tol` within `max_steps` raises InfluenceError (`on_failure="raise"`)
     or is recorded in `grad_norm` / `converged` and the next row goes on (`on_failure="record"`).
+    `preconditioner`, a fitted EK-FAC, changes only the optimizer's variables (u = M w with M = (Λ + λ)^(-1/2) in
+    its eigenbasis, which makes an ill-conditioned objective near-spherical): the objective, its minimizer and
+    the convergence test on the unpreconditioned gradient are unchanged.
     """
     n_train = num_rows(train_data)
     task.check_batch(train_data)
@@ -274,6 +314,7 @@ def pbrf_scores(
     def cast(b):
         return {k: (v.to(dev, wdt) if v.is_floating_point() else v.to(dev)) for k, v in b.items()}
 
+    precondition = _eigenbasis_preconditioner(preconditioner, layers, damping) if preconditioner is not None else None
     params = [p for l in layers for p in l.parameters()]
     lam = [float(damping[l.name]) for l in layers for _ in l.parameters()]
     theta_s = [p.detach().clone() for p in params]
@@ -292,6 +333,7 @@ def pbrf_scores(
             for j, m in enumerate(indices.tolist()):
                 row = cast({k: v[m : m + 1] for k, v in train_data.items()})
                 problem = _Problem(work, task, params, theta_s, lam, chunks, n_bregman, row, epsilon)
+                problem.precondition = precondition
                 f = []
                 for k, sign in enumerate((1.0, -1.0)):
                     u, steps[j, k], rel[j, k] = _minimize(problem, sign, optimizer, lr, max_steps, tol, patience,
@@ -315,6 +357,7 @@ def pbrf_scores(
         seconds=time.perf_counter() - t0,
         metadata={"epsilon": epsilon, "optimizer": optimizer, "tol": tol, "lr": lr, "max_steps": max_steps, "patience": patience,
                   "history": history, "on_failure": on_failure,
+                  "preconditioner": getattr(preconditioner, "name", "none") if preconditioner is not None else "none",
                   "n_bregman": n_bregman, "dtype": str(wdt), "layers": ",".join(l.name for l in layers),
                   "damping": ";".join(f"{l.name}={damping[l.name]:.6g}" for l in layers),
                   "scale_convention": "PBRF central difference (f(θ(+ε)) − f(θ(−ε)))/(2ε); " + SCALE_CONVENTION},

@@ -47,7 +47,8 @@ DEFAULTS = {
     "test_fraction": 0.2,
     "epsilon": 1e-3,
     "lissa": {"depth": 500, "batch_size": 32},
-    "pbrf": {"optimizer": "lbfgs", "lr": 0.01, "max_steps": 3000, "tol": 1e-3, "patience": 20, "history": 100},
+    "pbrf": {"optimizer": "lbfgs", "lr": 0.01, "max_steps": 3000, "tol": 1e-3, "patience": 20, "history": 100,
+             "precondition": "none"},  # "ekfac": optimizer variables preconditioned by EK-FAC (same minimizer and test)
     "linearity_rows": 10,   # scored rows re-solved at ε/2 (0: no check, and pbrf_linear is False)
     "linearity_tol": 0.05,  # ‖s(ε) − s(ε/2)‖ / ‖s(ε/2)‖ above this: the PBRF is not in its linear regime
     "tabular": {},          # per tabular task: max_train_points, bregman_rows, epsilon, hidden, activation, ...
@@ -104,6 +105,11 @@ def compare(model, task, layers, fit_data, score_data, score_rows, queries, quer
         log.info("%s %s: %.2fs", task_name, method, seconds[method])
     damping = fitted["ekfac"][0].damping
     options = {**pbrf_options, "on_failure": "record"}
+    precondition = str(options.pop("precondition", "none"))
+    if precondition not in ("none", "ekfac"):
+        raise InfluenceError(f"accuracy pbrf.precondition={precondition!r}: use none or ekfac")
+    if precondition == "ekfac":
+        options["preconditioner"] = fitted["ekfac"][0]
     t0 = time.perf_counter()
     truth = pbrf_scores(model, task, score_data, queries, damping, bregman_data=fit_data, indices=score_rows,
                         layers=layers, **options)
@@ -150,6 +156,8 @@ def compare(model, task, layers, fit_data, score_data, score_rows, queries, quer
             f"{task_name}/pbrf_eps_half_rows": k,
             f"{task_name}/pbrf_epsilon": truth.epsilon,
             f"{task_name}/pbrf_optimizer": truth.metadata["optimizer"],
+            f"{task_name}/pbrf_preconditioner": truth.metadata["preconditioner"],
+            f"{task_name}/pbrf_max_steps": int(truth.metadata["max_steps"]),
             f"{task_name}/bregman_rows": truth.metadata["n_bregman"],
             f"{task_name}/n_train_points": len(score_rows),
             f"{task_name}/n_test_points": len(query_names),

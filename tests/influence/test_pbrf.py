@@ -99,6 +99,22 @@ def test_pbrf_matches_the_exact_damped_gauss_newton_influence(task):
     assert torch.corrcoef(torch.stack([ek.flatten(), res.scores.flatten()]))[0, 1] > 0.5
 
 
+def test_ekfac_preconditioning_changes_the_path_not_the_answer():
+    task = RegressionTask()
+    model, train, test, layers = trained(task, 1)
+    damping = {l.name: 1e-3 for l in layers}
+    ek = fit_curvature(model, task, train, method="ekfac", layers=layers)
+    rows = torch.arange(4)
+    kw = dict(indices=rows, layers=layers, epsilon=1e-3, optimizer="lbfgs", tol=1e-5, max_steps=3000)
+    res = pbrf_scores(model, task, train, test, damping, preconditioner=ek, **kw)
+    assert res.converged and res.metadata["preconditioner"] == "ekfac"
+    exact = exact_influence(model, task, layers, train, test, damping)[:, rows]
+    assert (res.scores - exact).norm() / exact.norm() < 1e-3
+    with pytest.raises(InfluenceError, match="preconditioner must be a fitted EK-FAC"):
+        pbrf_scores(model, task, train, test, damping, preconditioner=fit_curvature(
+            model, task, train, method="identity", layers=layers), **kw)
+
+
 def test_central_differences_at_epsilon_and_half_agree_and_parameters_are_restored():
     task = RegressionTask()
     model, train, test, layers = trained(task, 1)
