@@ -55,14 +55,15 @@ class LayerCapture:
             h.remove()
         self._handles = []
 
-    def output_grads(self, scalar: torch.Tensor, retain_graph: bool = False) -> dict[str, torch.Tensor]:
-        """d scalar / d s for each tracked layer's output s, shaped (B, T, P)."""
+    def output_grads(self, scalar: torch.Tensor, retain_graph: bool = False, grad_outputs=None) -> dict[str, torch.Tensor]:
+        """d scalar / d s for each tracked layer's output s, shaped (B, T, P); with `grad_outputs` g, the
+        vector-Jacobian product gᵀ d`scalar`/ds (`scalar` is then a tensor such as the model's outputs)."""
         names = [l.name for l in self.layers if l.name in self._outputs]
         missing = [l.name for l in self.layers if l.name not in self._outputs]
         if missing:
             raise InfluenceError(f"tracked layers {missing} did not run in the forward pass: check the module patterns")
         outs = [self._outputs[n] for n in names]
-        grads = torch.autograd.grad(scalar, outs, allow_unused=True, retain_graph=retain_graph)
+        grads = torch.autograd.grad(scalar, outs, grad_outputs=grad_outputs, allow_unused=True, retain_graph=retain_graph)
         result = {}
         for n, o, g in zip(names, outs, grads):
             result[n] = _as_tokens(torch.zeros_like(o) if g is None else g)

@@ -30,10 +30,13 @@ def capture_pass(
         outputs = task.forward(model, batch)
         if objective == "measurement":
             scalar = task.measurement(outputs, batch)
-        elif objective == "sampled":
-            scalar = task.loss(outputs, batch, task.sample_labels(outputs, batch, indices, seed))
         else:
-            scalar = task.loss(outputs, batch)
+            labels = task.sample_labels(outputs, batch, indices, seed) if objective == "sampled" else None
+            g = task.loss_output_grad(outputs, batch, labels)
+            if g is not None:  # closed-form loss gradient: backpropagate it from the outputs
+                check_finite(g, "the training loss gradient of this batch")
+                return cap.inputs, cap.output_grads(outputs, grad_outputs=g)
+            scalar = task.loss(outputs, batch, labels)
         check_finite(scalar.detach(), f"the {'measurement' if objective == 'measurement' else 'training loss'} of this batch")
         grads = cap.output_grads(scalar)
     return cap.inputs, grads

@@ -46,6 +46,10 @@ class Task(ABC):
     def output_hvp(self, outputs: torch.Tensor, batch: dict, u: torch.Tensor) -> torch.Tensor:
         """H u with H the Hessian of the summed loss w.r.t. the outputs (the Gauss–Newton middle factor)."""
 
+    def loss_output_grad(self, outputs: torch.Tensor, batch: dict, labels: torch.Tensor | None = None):
+        """dL/d outputs in closed form, or None to let autograd differentiate `loss` (the default)."""
+        return None
+
     def check_batch(self, batch: dict, what: str = "training data") -> None:
         missing = [k for k in self.train_keys if k not in batch]
         if missing:
@@ -74,6 +78,16 @@ class LanguageModelTask(Task):
     def loss(self, outputs, batch, labels=None):
         targets = batch["input_ids"][:, 1:] if labels is None else labels
         return self._ce(outputs, targets, self.loss_mask(batch))
+
+    def loss_output_grad(self, outputs, batch, labels=None):
+        """softmax − one-hot(target) at loss positions, 0 elsewhere: the summed CE's logit gradient with no CE graph.
+
+        Capture passes need only this gradient, so they skip the log-softmax forward/backward and the
+        copies that slicing the logits costs (the vocabulary-wide tensors dominate small models)."""
+        targets = batch["input_ids"][:, 1:] if labels is None else labels
+        g = torch.softmax(outputs.detach(), dim=-1)
+        g[:, :-1].scatter_add_(-1, targets.unsqueeze(-1), torch.full_like(targets, -1, dtype=g.dtype).unsqueeze(-1))
+        return g.mul_(self.loss_mask(batch).unsqueeze(-1))
 
     def sample_labels(self, outputs, batch, indices, seed):
         logits = outputs[:, :-1].detach()

@@ -64,3 +64,23 @@ def test_block_diagonal_factors():
     res = compute_scores(model, task, curv, query_batch(2, 3, 2), data)
     full = compute_scores(model, task, fit_curvature(model, task, data), query_batch(2, 3, 2), data)
     assert torch.isfinite(res.scores).all() and not torch.allclose(res.scores, full.scores)
+
+
+def test_closed_form_lm_loss_gradient_equals_autograd_with_padding_and_sampled_labels():
+    import torch
+    from influence import LanguageModelTask
+
+    task = LanguageModelTask()
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 11, dtype=torch.float64, generator=g, requires_grad=True)
+    ids = torch.randint(0, 11, (3, 6), generator=g)
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[1, 4:] = 0
+    mask[2, 2:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    labels = torch.randint(0, 11, (3, 5), generator=g)
+    for lab in (None, labels):
+        (auto,) = torch.autograd.grad(task.loss(logits, batch, lab), logits)
+        closed = task.loss_output_grad(logits, batch, lab)
+        assert torch.allclose(closed, auto, atol=1e-12)
+        assert closed[2, 1:].abs().sum() == 0 and closed[:, -1].abs().sum() == 0  # padding and the last position
