@@ -36,7 +36,7 @@ def write_report(run_dir: Path, study: str, overrides: list[str], tables: dict, 
     meta = tables.get("_metadata")
     if isinstance(meta, pd.DataFrame) and not meta.empty:
         keep = [k for k in ("model", "curvature", "damping", "query_rank", "candidates", "filter", "num_candidates",
-                            "labels", "scale_convention") if k in meta.columns]
+                            "labels", "scale_convention") if k in meta.columns] or list(meta.columns[:15])
         parts += ["## Setup", "", *[f"- {k}: `{meta.iloc[0][k]}`" for k in keep], "", "All metadata: `metadata.json`.", ""]
     pngs = [p for p in figures if p.suffix == ".png"]
     if pngs:
