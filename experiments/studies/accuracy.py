@@ -168,6 +168,7 @@ def compare(model, task, layers, fit_data, score_data, score_rows, queries, quer
             info[f"{task_name}/{m}_own_damping"] = fitted[m][0].info["own_damping"]
     if "lissa" in fitted:
         info[f"{task_name}/lissa_scale"] = fitted["lissa"][0].info.get("scale", "")
+        info[f"{task_name}/lissa_final_relative_step_max"] = fitted["lissa"][0].diagnostics.get("final_relative_step", "")
     return rows, info
 
 

@@ -72,6 +72,7 @@ class LiSSA(Curvature):
         curv.indices = by_length(data, sample_indices(num_rows(data), config.max_sequences, config.seed))
         curv._fit_damping()
         curv.scale = config.scale if config.scale is not None else curv._auto_scale()
+        curv.diagnostics = {}  # per-solve convergence, kept out of `info` (which keys cached results)
         curv.info = {"scale": f"{curv.scale:.6g}", "n_sequences": str(len(curv.indices)),
                      "gauss_newton": "exact output Hessian, minibatches cycled over the fitting set"}
         return curv
@@ -118,13 +119,20 @@ class LiSSA(Curvature):
         limit = self.config.divergence_factor * v_norm / (alpha * max(min(self.damping.values()), 1e-30))
         r = {k: t.clone() for k, t in v.items()}
         batches = self._batches()
+        step = float("nan")
         with eval_mode(self.model):
             for j in range(self.config.depth):
                 gr = gauss_newton_product(self.model, self.task, self.layers, next(batches), r)
-                r = {k: v[k] + r[k] - alpha * (gr[k] + self.damping[k] * r[k]) for k in r}
+                new = {k: v[k] + r[k] - alpha * (gr[k] + self.damping[k] * r[k]) for k in r}
+                diff = {k: new[k] - r[k] for k in r}
+                r = new
                 norm = math.sqrt(_dot(r, r))
+                step = math.sqrt(_dot(diff, diff)) / max(norm, 1e-300)
                 if not math.isfinite(norm) or norm > limit:
                     raise InfluenceError(
                         f"LiSSA diverged at step {j + 1} (‖r‖={norm:.3g} > {limit:.3g}): lower curvature.scale "
                         f"(now {alpha:.3g}) or raise the damping")
+        # how far from converged the recursion stopped: ‖r_J − r_{J−1}‖/‖r_J‖ (it shrinks like (1 − αλ)^J)
+        self.diagnostics["final_relative_step"] = max(self.diagnostics.get("final_relative_step", 0.0), step)
+        self.diagnostics["solves"] = self.diagnostics.get("solves", 0) + 1
         return {k: alpha * t for k, t in r.items()}
