@@ -148,14 +148,19 @@ def test_adam_converges_on_a_well_conditioned_problem_and_non_convergence_raises
         assert torch.equal(v, before[k]), k
 
 
-def test_language_model_pbrf_that_misses_its_budget_is_recorded_and_leaves_the_model_untouched():
+def _lm_setup():
+    """A tiny float32 GPT-2 with EK-FAC fitted, its data and queries, and a copy of its weights."""
     model = gpt2(dtype=torch.float32, seed=3)
     task = LanguageModelTask()
     data = token_data(6, 10, seed=2)
     queries = query_batch(2, 4, 3, seed=5)
     layers = find_tracked_layers(model)
     curv = fit_curvature(model, task, data, method="ekfac", layers=layers)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    return model, task, data, queries, layers, curv, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_language_model_pbrf_that_misses_its_budget_is_recorded_and_leaves_the_model_untouched():
+    model, task, data, queries, layers, curv, before = _lm_setup()
     kw = dict(indices=torch.arange(2), layers=layers, optimizer="lbfgs", tol=1e-6, max_steps=8, dtype=torch.float64)
     with pytest.raises(InfluenceError, match="PBRF did not converge for training row 0"):
         pbrf_scores(model, task, data, queries, curv.damping, epsilon=1e-3, **kw)
@@ -171,13 +176,7 @@ def test_language_model_pbrf_that_misses_its_budget_is_recorded_and_leaves_the_m
 @pytest.mark.xfail(strict=True, reason="the LM PBRF stalls (L-BFGS: gradient ratio ~3e-5 after 6000 evaluations, "
                    "tol 1e-5); the accuracy study records such a task as unverified instead")
 def test_language_model_pbrf_in_float64_copy_is_linear_and_leaves_the_model_untouched():
-    model = gpt2(dtype=torch.float32, seed=3)
-    task = LanguageModelTask()
-    data = token_data(6, 10, seed=2)
-    queries = query_batch(2, 4, 3, seed=5)
-    layers = find_tracked_layers(model)
-    curv = fit_curvature(model, task, data, method="ekfac", layers=layers)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model, task, data, queries, layers, curv, before = _lm_setup()
     kw = dict(indices=torch.arange(2), layers=layers, optimizer="lbfgs", tol=1e-5, max_steps=6000, dtype=torch.float64)
     a = pbrf_scores(model, task, data, queries, curv.damping, epsilon=1e-2, **kw)
     b = pbrf_scores(model, task, data, queries, curv.damping, epsilon=5e-3, **kw)
