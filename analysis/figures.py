@@ -55,34 +55,12 @@ def _per_query(draw):
     return each
 
 
-def _ccdf(scores, fits, table):
-    from .sparsity import ccdf_figure
-    return ccdf_figure(scores, fits, table)
-
-
-def _concentration(df):
-    from .concentration import concentration_figure
-    return concentration_figure(df)
-
-
-def _layers(df):
-    from .layers import layer_figure
-    return layer_figure(df)
-
-
-def _token_heatmap(df):
-    from .layers import token_heatmap_figure
-    return token_heatmap_figure(df)
-
-
-def _memorization(df):
-    from .memorization import memorization_figure
-    return memorization_figure(df)
-
-
-def _listing(df):
-    from .listings import listing_figure
-    return listing_figure(df)
+def _lazy(module: str, function: str):
+    """A drawing function imported on first use, so that importing this registry stays cheap."""
+    def draw(*tables):
+        from importlib import import_module
+        return getattr(import_module(f"analysis.{module}"), function)(*tables)
+    return draw
 
 
 #: figures drawn from each result table, by table name: (file stem, drawing function). A function returns a
@@ -90,16 +68,16 @@ def _listing(df):
 FIGURES_BY_TABLE = {
     "query_rank": [("fig3_query_rank", rank_correlation)],
     "accuracy_summary": [("fig6_accuracy", correlation_bars), ("fig7_accuracy_vs_time", correlation_vs_time)],
-    "concentration": [("fig9_concentration", _concentration)],
-    "layer_blocks": [("fig17_layerwise", _layers)],
-    "token_heatmap": [("fig4_token_heatmap", _token_heatmap)],
-    "memorization": [("fig22_memorization", _memorization)],
-    "top_tokens": [("top_sequences", _per_query(_listing))],
+    "concentration": [("fig9_concentration", _lazy("concentration", "concentration_figure"))],
+    "layer_blocks": [("fig17_layerwise", _lazy("layers", "layer_figure"))],
+    "token_heatmap": [("fig4_token_heatmap", _lazy("layers", "token_heatmap_figure"))],
+    "memorization": [("fig22_memorization", _lazy("memorization", "memorization_figure"))],
+    "top_tokens": [("top_sequences", _per_query(_lazy("listings", "listing_figure")))],
 }
 
 #: figures that read several tables: (file stem, function, table names passed in order)
 FIGURES_FROM_TABLES = [
-    ("fig8_sparsity_ccdf", _ccdf, ("scores", "sparsity_fits", "sparsity")),
+    ("fig8_sparsity_ccdf", _lazy("sparsity", "ccdf_figure"), ("scores", "sparsity_fits", "sparsity")),
 ]
 
 

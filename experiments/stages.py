@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -97,18 +98,18 @@ def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
                               "rows": indices.tolist(), "rank": rank, "batch": int(cfg.score.batch_size),
                               "chunk": int(cfg.score.chunk_batches)})
     out_dir = Path(cfg.paths.output_dir) / "scans" / world.name / key
+    shapes = [l.shape for l in curvature.layers]
+    memory_mb = query_bytes(shapes, len(queries), rank) / 2**20
+    full_mb = query_bytes(shapes, len(queries), None) / 2**20
     log.info("scanning %d candidates with %d queries (query rank %s: %.1f MiB of query gradients, full rank %.1f MiB) into %s",
-             len(indices), len(queries), "full" if rank is None else rank,
-             query_bytes([l.shape for l in curvature.layers], len(queries), rank) / 2**20,
-             query_bytes([l.shape for l in curvature.layers], len(queries), None) / 2**20, out_dir)
+             len(indices), len(queries), "full" if rank is None else rank, memory_mb, full_mb, out_dir)
     result = scan(world.model, LanguageModelTask(), curvature, encoded, training_data(world), out_dir,
                   query_names=[q.name for q in queries], indices=indices, batch_size=int(cfg.score.batch_size),
                   query_rank=rank, chunk_batches=int(cfg.score.chunk_batches), device=cfg.score.device)
     if per_query is not None:
         result = result.restricted_to(per_query)
-    shapes = [l.shape for l in curvature.layers]
-    result.metadata["query_memory_mb"] = f"{query_bytes(shapes, len(queries), rank) / 2**20:.3f}"
-    result.metadata["query_memory_full_rank_mb"] = f"{query_bytes(shapes, len(queries), None) / 2**20:.3f}"
+    result.metadata["query_memory_mb"] = f"{memory_mb:.3f}"
+    result.metadata["query_memory_full_rank_mb"] = f"{full_mb:.3f}"
     result.metadata["filter"] = "none" if per_query is None else f"tfidf top_k={cfg.filter.top_k} mode={cfg.filter.mode}"
     result.metadata["candidates"] = (f"all {world.train.input_ids.shape[0]} training sequences" if cfg.score.get("max_sequences") is None
                                      else f"a random sample of {len(indices)} (score.max_sequences, seed {cfg.seed})")
@@ -172,8 +173,7 @@ def select_queries(world, study: str, names=None) -> list:
     return tagged or list(world.queries)
 
 
-def metadata(search: Search, world, **extra) -> "pd.DataFrame":
-    import pandas as pd
-
+def metadata(search: Search, world, **extra) -> pd.DataFrame:
+    """The one-row metadata table of a study: the scan's metadata, the model, the layers, and study options."""
     return pd.DataFrame([{**search.result.metadata, "model": world.name, "layers": ",".join(search.layer_names),
                           **{k: str(v) for k, v in extra.items()}}])

@@ -13,6 +13,12 @@ def query_type(q) -> str:
     return str(q.tags.get("type", "other"))
 
 
+def sequence_tokens(world, seq: int) -> list[str]:
+    """The real (unpadded) tokens of training row `seq`, each decoded on its own."""
+    n = int(world.train.attention_mask[seq].sum())
+    return [world.tokenizer.decode([i]) for i in world.train.input_ids[seq, :n].tolist()]
+
+
 def top_k_table(tops, queries, train) -> pd.DataFrame:
     """One row per (query, rank), ranked by the full-rank score of the scan's top k."""
     rows = []
@@ -32,15 +38,13 @@ def top_k_table(tops, queries, train) -> pd.DataFrame:
 def top_tokens_table(tops, queries, world) -> pd.DataFrame:
     """One row per real token of each query's top sequences: its token-wise influence summed over layers (Eq. 31)."""
     rows = []
-    ids, mask = world.train.input_ids, world.train.attention_mask
     for q, t in zip(queries, tops):
         order = torch.argsort(t.scores, descending=True)
         for rank, j in enumerate(order.tolist(), start=1):
             seq = int(t.rows[j])
             meta = world.train.meta.iloc[seq]
-            n = int(mask[seq].sum())
-            toks = [world.tokenizer.decode([i]) for i in ids[seq, :n].tolist()]
-            per_tok = t.token_scores[j].sum(0)[:n]
+            toks = sequence_tokens(world, seq)
+            per_tok = t.token_scores[j].sum(0)[:len(toks)]
             for pos, (tok, v) in enumerate(zip(toks, per_tok.tolist())):
                 rows.append({"query": q.name, "rank": rank, "sequence_id": int(meta.get("id", seq)),
                              "score": float(t.scores[j]), "category": meta.get("category", ""),
@@ -98,13 +102,12 @@ def token_heatmap_table(top, query, rank: int, layer_names: list[str], world) ->
     order = torch.argsort(top.scores, descending=True)
     j = int(order[rank - 1])
     seq = int(top.rows[j])
-    n = int(world.train.attention_mask[seq].sum())
-    toks = [world.tokenizer.decode([i]) for i in world.train.input_ids[seq, :n].tolist()]
+    toks = sequence_tokens(world, seq)
     meta = world.train.meta.iloc[seq]
     short = [n.replace("transformer.", "").replace(".mlp", "") for n in layer_names]
     rows = []
     for li, name in enumerate(layer_names):
-        for pos in range(n):
+        for pos in range(len(toks)):
             rows.append({"query": query.name, "rank": rank, "sequence_id": int(meta.get("id", seq)), "layer": short[li],
                          "position": pos, "token": toks[pos], "score": float(top.token_scores[j, li, pos])})
     return pd.DataFrame(rows)

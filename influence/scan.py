@@ -207,14 +207,9 @@ def top_k_breakdown(
     top_rows: torch.Tensor,
     batch_size: int = 16,
     device=None,
-    preconditioned: dict[str, torch.Tensor] | None = None,
 ) -> list[TopBreakdown]:
     """For each query q, full-rank layer- and token-wise scores of its rows `top_rows[q]` (one pass over their union)."""
-    if preconditioned is None:
-        dev, pre = _preconditioned(model, task, curvature, queries, device)
-    else:
-        dev = torch.device(device) if device is not None else next(model.parameters()).device
-        pre = {k: v.to(dev) for k, v in preconditioned.items()}
+    dev, pre = _preconditioned(model, task, curvature, queries, device)
     names = [l.name for l in curvature.layers]
     union = by_length(data, torch.unique(top_rows.flatten()))
     width = next(iter(data.values())).shape[1]

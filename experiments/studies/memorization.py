@@ -15,8 +15,9 @@ from . import register
 def run(cfg, world) -> dict[str, pd.DataFrame]:
     opts = cfg.get("memorization") or {}
     k = int(opts.get("top_k", cfg.score.top_k))
-    queries = [q for q in select_queries(world, "memorization", opts.get("queries")) if q.tags.get("type") == "quote"] \
-        if not opts.get("queries") else select_queries(world, "memorization", opts.get("queries"))
+    queries = select_queries(world, "memorization", opts.get("queries"))
+    if not opts.get("queries"):  # by tag: the quote queries only
+        queries = [q for q in queries if q.tags.get("type") == "quote"]
     if not queries:
         raise InfluenceError("memorization: no quote queries in this run (tags type: quote): add some or name them in memorization.queries")
     search = search_stage(cfg, world, breakdown_k=k)

@@ -124,15 +124,17 @@ class LiSSA(Curvature):
             for j in range(self.config.depth):
                 gr = gauss_newton_product(self.model, self.task, self.layers, next(batches), r)
                 new = {k: v[k] + r[k] - alpha * (gr[k] + self.damping[k] * r[k]) for k in r}
-                diff = {k: new[k] - r[k] for k in r}
+                if j == self.config.depth - 1:
+                    last = {k: new[k] - r[k] for k in r}
+                    step = math.sqrt(_dot(last, last))
                 r = new
                 norm = math.sqrt(_dot(r, r))
-                step = math.sqrt(_dot(diff, diff)) / max(norm, 1e-300)
                 if not math.isfinite(norm) or norm > limit:
                     raise InfluenceError(
                         f"LiSSA diverged at step {j + 1} (‖r‖={norm:.3g} > {limit:.3g}): lower curvature.scale "
                         f"(now {alpha:.3g}) or raise the damping")
         # how far from converged the recursion stopped: ‖r_J − r_{J−1}‖/‖r_J‖ (it shrinks like (1 − αλ)^J)
+        step /= max(norm, 1e-300)
         self.diagnostics["final_relative_step"] = max(self.diagnostics.get("final_relative_step", 0.0), step)
         self.diagnostics["solves"] = self.diagnostics.get("solves", 0) + 1
         return {k: alpha * t for k, t in r.items()}
