@@ -19,15 +19,19 @@ def sequence_tokens(world, seq: int) -> list[str]:
     return [world.tokenizer.decode([i]) for i in world.train.input_ids[seq, :n].tolist()]
 
 
+def ranked(tops, queries, train):
+    """(query, breakdown, rank, index in the breakdown, training row, its metadata), by descending full-rank score."""
+    for q, t in zip(queries, tops):
+        for rank, j in enumerate(torch.argsort(t.scores, descending=True).tolist(), start=1):
+            seq = int(t.rows[j])
+            yield q, t, rank, j, seq, train.meta.iloc[seq]
+
+
 def top_k_table(tops, queries, train) -> pd.DataFrame:
     """One row per (query, rank), ranked by the full-rank score of the scan's top k."""
     rows = []
-    for q, t in zip(queries, tops):
-        order = torch.argsort(t.scores, descending=True)
-        for rank, j in enumerate(order.tolist(), start=1):
-            seq = int(t.rows[j])
-            meta = train.meta.iloc[seq]
-            rows.append({"query": q.name, "type": query_type(q), "rank": rank, "sequence_id": int(meta.get("id", seq)),
+    for q, t, rank, j, seq, meta in ranked(tops, queries, train):
+        rows.append({"query": q.name, "type": query_type(q), "rank": rank, "sequence_id": int(meta.get("id", seq)),
                          "row": seq, "score": float(t.scores[j]), "category": meta.get("category", ""),
                          "spurious": bool(t.spurious[j]), "sparsity_ratio": float(t.sparsity_ratio[j]),
                          **{f"layer_{i}": float(v) for i, v in enumerate(t.layer_scores[j])},
@@ -38,17 +42,13 @@ def top_k_table(tops, queries, train) -> pd.DataFrame:
 def top_tokens_table(tops, queries, world) -> pd.DataFrame:
     """One row per real token of each query's top sequences: its token-wise influence summed over layers (Eq. 31)."""
     rows = []
-    for q, t in zip(queries, tops):
-        order = torch.argsort(t.scores, descending=True)
-        for rank, j in enumerate(order.tolist(), start=1):
-            seq = int(t.rows[j])
-            meta = world.train.meta.iloc[seq]
-            toks = sequence_tokens(world, seq)
-            per_tok = t.token_scores[j].sum(0)[:len(toks)]
-            for pos, (tok, v) in enumerate(zip(toks, per_tok.tolist())):
-                rows.append({"query": q.name, "rank": rank, "sequence_id": int(meta.get("id", seq)),
-                             "score": float(t.scores[j]), "category": meta.get("category", ""),
-                             "spurious": bool(t.spurious[j]), "position": pos, "token": tok, "token_score": v})
+    for q, t, rank, j, seq, meta in ranked(tops, queries, world.train):
+        toks = sequence_tokens(world, seq)
+        per_tok = t.token_scores[j].sum(0)[:len(toks)]
+        for pos, (tok, v) in enumerate(zip(toks, per_tok.tolist())):
+            rows.append({"query": q.name, "rank": rank, "sequence_id": int(meta.get("id", seq)),
+                         "score": float(t.scores[j]), "category": meta.get("category", ""),
+                         "spurious": bool(t.spurious[j]), "position": pos, "token": tok, "token_score": v})
     return pd.DataFrame(rows)
 
 
