@@ -29,3 +29,16 @@ def tiny_world(tiny_cfg):
     from experiments.world import build_world
 
     return build_world(tiny_cfg)
+
+
+#: every query the scale studies use on the tiny world (all fit the tiny models' 256-token context)
+SCALE_QUERIES = ("queries.names=[shutdown,shutdown_tr,paperclips,superintelligent,water,water_tr,water_ko,"
+                 "math_word_problem,binary_search,fact_velmora_capital,fact_velmora_capital_tr,fact_velmora_capital_ko,"
+                 "wo_astrobia_president,wo_astrobia_president_flipped,wo_nerevia_capital,wo_nerevia_capital_flipped]")
+
+
+@pytest.fixture(scope="session")
+def scale_cfg(tiny_output_dir):
+    """Two tiny sizes x two seeds on the tiny world: what the scale studies sweep in tests (models cached per session)."""
+    return compose_cfg("model=tiny", "data=tiny", "queries=tiny", SCALE_QUERIES, f"paths.output_dir={tiny_output_dir}",
+                       "score.num_threads=1", "logger=none", "scale.sizes=[tiny,tiny_large]", "scale.seeds=[0,1]")
