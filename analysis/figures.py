@@ -73,6 +73,8 @@ FIGURES_BY_TABLE = {
     "token_heatmap": [("fig4_token_heatmap", _lazy("layers", "token_heatmap_figure"))],
     "memorization": [("fig22_memorization", _lazy("memorization", "memorization_figure"))],
     "top_tokens": [("top_sequences", _per_query(_lazy("listings", "listing_figure")))],
+    "abstraction_points": [("fig10_abstraction_trends", _lazy("scale", "abstraction_trends"))],
+    "abstraction_categories": [("fig11_abstraction_categories", _lazy("scale", "share_bars"))],
 }
 
 #: figures that read several tables: (file stem, function, table names passed in order)

@@ -29,3 +29,4 @@ from . import concentration  # noqa: E402,F401
 from . import layer_wise  # noqa: E402,F401
 from . import memorization  # noqa: E402,F401
 from . import accuracy  # noqa: E402,F401
+from . import abstraction  # noqa: E402,F401
