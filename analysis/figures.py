@@ -75,6 +75,13 @@ FIGURES_BY_TABLE = {
     "top_tokens": [("top_sequences", _per_query(_lazy("listings", "listing_figure")))],
     "abstraction_points": [("fig10_abstraction_trends", _lazy("scale", "abstraction_trends"))],
     "abstraction_categories": [("fig11_abstraction_categories", _lazy("scale", "share_bars"))],
+    "math_code_points": [("fig13_math_code_trends", _lazy("scale", "math_code_trends"))],
+    "math_code_relations": [("fig14_math_code_relations", _lazy("scale", "share_bars"))],
+    "cross_lingual_heatmap": [("fig15_cross_lingual", _lazy("scale", "cross_lingual_heatmap"))],
+    "cross_lingual_ratio": [("fig16_cross_lingual_ratio", _lazy("scale", "cross_lingual_trend"))],
+    "role_play_points": [("fig28_role_play_trends", _lazy("scale", "role_play_trends"))],
+    "role_play_categories": [("fig29_role_play_categories", _lazy("scale", "share_bars"))],
+    "role_play_kinds": [("fig29_role_play_kinds", _lazy("scale", "share_bars"))],
 }
 
 #: figures that read several tables: (file stem, function, table names passed in order)

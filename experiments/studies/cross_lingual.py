@@ -1,0 +1,134 @@
+"""Cross-lingual influence vs scale (Figs. 15–16): do the English sequences that most influence an English
+query also influence its translations (Turkish, Korean), and more so in larger models?
+
+Per sweep point and English query: its top-k sequences among the English training sequences (by the scan),
+then the scan's scores of those same sequences for each translated query. The headline is scale-free: the
+translated influence summed over the sequences, divided by the English influence summed over them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analysis.trends import at_size, sweep_spearman
+from influence import InfluenceError
+
+from ..scale import scale_points
+from . import register
+from ._sweep import point_metadata, scale_queries, sweep_metadata, text
+
+
+def english_rows(meta: pd.DataFrame) -> np.ndarray:
+    """Training rows in English only: the embedded corpus tags only multilingual documents with a language,
+    so a missing language is English; mixed documents (`en+tr`) hold translations and are left out."""
+    lang = meta["language"] if "language" in meta else pd.Series([None] * len(meta))
+    return (lang.isna() | lang.astype(str).eq("en")).to_numpy()
+
+
+def translations_of(world) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for q in world.queries:
+        if q.tags.get("translation_of"):
+            out.setdefault(str(q.tags["translation_of"]), []).append(q)
+    return out
+
+
+def english_queries(world, names=None) -> list:
+    """The English queries of the study that have a translation among the run's queries."""
+    queries, trans = scale_queries(world, "cross_lingual", names), translations_of(world)
+    if names:
+        lonely = [q.name for q in queries if q.name not in trans]
+        if lonely:
+            raise InfluenceError(f"cross_lingual: queries {lonely} have no translation in this run (a query with "
+                                 f"translation_of: <name>): add their translations to queries.names or drop them")
+        return queries
+    kept = [q for q in queries if not q.tags.get("translation_of") and q.name in trans]
+    if not kept:
+        raise InfluenceError(f"cross_lingual: none of the tagged queries {[q.name for q in queries]} has a translation in this run "
+                             "(a query with translation_of: <name>): add translations to queries.names")
+    return kept
+
+
+def top_english(scores: torch.Tensor, candidates: torch.Tensor, english: np.ndarray, k: int) -> np.ndarray:
+    """Positions (in the scan's candidates) of the k highest-scoring English candidates for one query."""
+    s = scores.numpy()
+    ok = np.flatnonzero(english[candidates.numpy()] & np.isfinite(s))
+    return ok[np.argsort(-s[ok], kind="stable")[:k]]
+
+
+def point_rows(point, queries, trans, k: int):
+    """One sweep point: per-sequence rows, per-(query, language) ratio rows, and each translation's scores
+    on every candidate (for the heatmap across sizes)."""
+    res, train = point.search.result, point.world.train
+    pos = {n: i for i, n in enumerate(res.query_names)}
+    english = english_rows(train.meta)
+    cand = res.indices.numpy()
+    seqs, ratios, scores = [], [], {}
+    for q in queries:
+        s_en = res.scores[pos[q.name]]
+        top = top_english(s_en, res.indices, english, k)
+        en = s_en.numpy()[top]
+        for t in trans[q.name]:
+            lang = str(t.tags.get("language", t.name))
+            s_t = res.scores[pos[t.name]].numpy()
+            tr = s_t[top]
+            scores[(q.name, lang)] = (cand, s_t, top, float(en.sum()))
+            ratios.append({**point.key, "query": q.name, "language": lang, "translated_query": t.name, "top_k": len(top),
+                           "english_sum": float(en.sum()), "translated_sum": float(tr.sum()),
+                           "ratio": float(tr.sum() / en.sum()) if en.sum() != 0 else float("nan")})
+            for rank, (j, e, v) in enumerate(zip(top, en, tr), start=1):
+                row = int(cand[j])
+                m = train.meta.iloc[row]
+                seqs.append({**point.key, "query": q.name, "language": lang, "translated_query": t.name, "rank": rank, "row": row,
+                             "sequence_id": int(m.get("id", row)), "category": text(m.get("category")), "kind": text(m.get("kind")),
+                             "english_score": float(e), "translated_score": float(v),
+                             "ratio": float(v / e) if e != 0 else float("nan"), "text": train.texts[row]})
+    return seqs, ratios, scores
+
+
+def heatmap_table(keys: list[dict], scores: list[dict]) -> pd.DataFrame:
+    """Fig. 15: per seed, query and language, the union over sizes of each size's English top sequences, and at
+    every size each one's translated influence divided by that size's summed English top influence."""
+    rows = []
+    by_seed: dict = {}
+    for key, sc in zip(keys, scores):
+        by_seed.setdefault(key["seed"], []).append((key, sc))
+    for seed, pts in by_seed.items():
+        for (q, lang) in pts[0][1]:
+            tops = [(key, int(sc[(q, lang)][0][j]), rank) for key, sc in pts for rank, j in enumerate(sc[(q, lang)][2], start=1)]
+            for key, sc in pts:
+                cand, s_t, _, en_sum = sc[(q, lang)]
+                at = {int(r): i for i, r in enumerate(cand)}
+                for top_key, row, rank in tops:
+                    v = s_t[at[row]] / en_sum if row in at and en_sum != 0 else float("nan")
+                    rows.append({**key, "query": q, "language": lang, "top_at": top_key["size"], "top_at_order": top_key["size_order"],
+                                 "rank": rank, "row": row, "value": float(v)})
+    return pd.DataFrame(rows)
+
+
+def summary(ratio: pd.DataFrame) -> dict:
+    return {"cross_lingual_vs_size_spearman": sweep_spearman(ratio, "ratio"),
+            "cross_lingual_smallest": at_size(ratio, "ratio", "smallest"),
+            "cross_lingual_largest": at_size(ratio, "ratio", "largest")}
+
+
+@register("cross_lingual")
+def run(cfg, world) -> dict[str, pd.DataFrame]:
+    opts = cfg.get("cross_lingual") or {}
+    k = int(opts.get("top_k", 10))
+    queries = english_queries(world, opts.get("queries"))
+    trans = translations_of(world)
+    seqs, ratios, keys, scores, metas = [], [], [], [], []
+    for point in scale_points(cfg):
+        s, r, sc = point_rows(point, queries, trans, k)
+        seqs += s
+        ratios += r
+        keys.append(point.key)
+        scores.append(sc)
+        metas.append(point_metadata(point))
+    ratio = pd.DataFrame(ratios)
+    return {"cross_lingual_sequences": pd.DataFrame(seqs), "cross_lingual_ratio": ratio,
+            "cross_lingual_heatmap": heatmap_table(keys, scores), "_summary": pd.DataFrame([summary(ratio)]),
+            "_metadata": sweep_metadata(cfg, metas, queries, top_k=k, english="meta language missing or en",
+                                        translations=",".join(t.name for q in queries for t in trans[q.name]))}

@@ -1,0 +1,67 @@
+"""Math and code vs scale (Figs. 13–14): are the top sequences of math and code queries spurious token matches
+(small models, in the paper) or related solutions, also in other programming languages (large models)?
+
+Each top sequence is classified from the corpus metadata (analysis.relatedness): for a code query, whose
+algorithm is the query's name, by algorithm and programming language; for a math query, word problem or not.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.relatedness import RELATED, classify
+from analysis.trends import POINT, at_size, share_of, shares, sweep_spearman
+from influence import InfluenceError
+
+from ..scale import scale_points
+from ..tables import query_type
+from . import register
+from ._sweep import point_metadata, scale_queries, sweep_metadata, top_rows
+
+
+def check_types(queries) -> None:
+    bad = [f"{q.name} ({query_type(q)})" for q in queries if query_type(q) not in ("math", "code")]
+    if bad:
+        raise InfluenceError(f"math_code: queries {bad} are neither type math nor code: list only math or code queries in math_code.queries")
+
+
+def relation_column(top: pd.DataFrame, meta: pd.DataFrame, queries) -> pd.DataFrame:
+    """`top` with each row's `relation` to its query, from the training metadata `meta` (rows indexed by training row)."""
+    by_name = {q.name: q for q in queries}
+    rel = [classify(meta.iloc[int(r.row)], query_type(by_name[r.query]), algorithm=r.query,
+                    language=str(by_name[r.query].tags.get("language", ""))) for r in top.itertuples()]
+    return top.assign(relation=rel)
+
+
+def point_table(top: pd.DataFrame) -> pd.DataFrame:
+    keys = POINT + ["query"]
+    out = share_of(top, "relation", "spurious", "spurious_share").merge(share_of(top, "relation", list(RELATED), "related_share"), on=keys)
+    types = top.drop_duplicates("query").set_index("query")["type"]
+    return out.assign(type=out["query"].map(types))
+
+
+def summary(points: pd.DataFrame) -> dict:
+    return {"spurious_share_smallest": at_size(points, "spurious_share", "smallest"),
+            "spurious_share_largest": at_size(points, "spurious_share", "largest"),
+            "spurious_vs_size_spearman": sweep_spearman(points, "spurious_share"),
+            "related_share_smallest": at_size(points, "related_share", "smallest"),
+            "related_share_largest": at_size(points, "related_share", "largest"),
+            "related_vs_size_spearman": sweep_spearman(points, "related_share")}
+
+
+@register("math_code")
+def run(cfg, world) -> dict[str, pd.DataFrame]:
+    opts = cfg.get("math_code") or {}
+    k = int(opts.get("top_k", 10))
+    queries = scale_queries(world, "math_code", opts.get("queries"))
+    check_types(queries)
+    types = {q.name: query_type(q) for q in queries}
+    frames, metas = [], []
+    for point in scale_points(cfg, breakdown_k=k):
+        top = pd.DataFrame(top_rows(point, queries, k))
+        frames.append(relation_column(top.assign(type=top["query"].map(types)), point.world.train.meta, queries))
+        metas.append(point_metadata(point))
+    top = pd.concat(frames, ignore_index=True)
+    points = point_table(top)
+    cols = [c for c in top.columns if c != "text"] + ["text"]
+    return {"math_code_top": top[cols], "math_code_points": points, "math_code_relations": shares(top, "relation"),
+            "_summary": pd.DataFrame([summary(points)]), "_metadata": sweep_metadata(cfg, metas, queries, top_k=k)}
