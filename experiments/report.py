@@ -54,3 +54,63 @@ def write_report(run_dir: Path, study: str, overrides: list[str], tables: dict, 
     text = "\n".join(parts)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return path
+
+
+def _figures_to_show(figures: list[Path], limit: int = 12) -> list[Path]:
+    """A section's PNG figures, the per-query top-sequence listings left out (they are in the section's own report)."""
+    return [p for p in figures if p.suffix == ".png" and not p.stem.startswith("top_sequences")][:limit]
+
+
+def _summary_lines(tables: dict) -> list[str]:
+    s = tables.get("_summary")
+    if not isinstance(s, pd.DataFrame) or s.empty:
+        return []
+    return [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in s.iloc[0].items()]
+
+
+def write_paper_report(run_dir: Path, overrides: list[str], sections: list, card: pd.DataFrame, timings: pd.DataFrame) -> Path:
+    """`report.md` and a self-contained `report.html` (figures inline) for `experiment=paper`, in the paper's order."""
+    import base64
+    import html
+
+    run_dir = Path(run_dir)
+    shown = card.drop(columns=["value"])
+    md = ["# Studying LLM generalization with influence functions: the whole paper at the embedded scale", "",
+          f"Overrides: `{' '.join(overrides) or '(none)'}`. Each section ran as `experiment=<study>`; its own report, "
+          "tables and figures are in its folder.", "",
+          "## Findings scorecard", "",
+          "Scale-free checks of the paper's findings on our models (raw influence magnitudes are not compared: "
+          "the paper's normalisation differs). `no` means the finding did not reproduce at this scale.", "",
+          markdown_table(shown, max_rows=100, max_chars=120), ""]
+    body = ["<h1>Studying LLM generalization with influence functions: the whole paper at the embedded scale</h1>",
+            f"<p>Overrides: <code>{html.escape(' '.join(overrides) or '(none)')}</code>. Each section ran as "
+            "<code>experiment=&lt;study&gt;</code>; its own report, tables and figures are in its folder.</p>",
+            "<h2>Findings scorecard</h2>",
+            "<p>Scale-free checks of the paper's findings on our models (raw influence magnitudes are not compared: the "
+            "paper's normalisation differs). <b>no</b> means the finding did not reproduce at this scale.</p>",
+            shown.to_html(index=False, escape=True, border=0, classes="card")]
+    for s in sections:
+        head = f"{s.title} ({s.where}): `{s.study}`"
+        md += [f"## {head}", "", f"Status: {s.status}; {s.seconds:.0f} s. Report: [{s.study}/report.md]({s.study}/report.md).", ""]
+        body += [f"<h2>{html.escape(s.title)} <small>({html.escape(s.where)}; <code>{s.study}</code>)</small></h2>",
+                 f"<p>Status: {html.escape(s.status)}; {s.seconds:.0f} s. Details: <a href='{s.study}/report.md'>{s.study}/report.md</a></p>"]
+        lines = _summary_lines(s.tables)
+        if lines:
+            md += [*[f"- {ln}" for ln in lines], ""]
+            body.append("<ul>" + "".join(f"<li>{html.escape(ln)}</li>" for ln in lines) + "</ul>")
+        for p in _figures_to_show(s.figures):
+            rel = p.relative_to(run_dir).as_posix()
+            md.append(f"![{p.stem}]({rel})")
+            data = base64.b64encode(p.read_bytes()).decode()
+            body.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(p.stem)}'>"
+                        f"<figcaption>{html.escape(rel)}</figcaption></figure>")
+        md.append("")
+    md += ["## Time per section", "", markdown_table(timings, max_rows=100, max_chars=120), ""]
+    body += ["<h2>Time per section</h2>", timings.to_html(index=False, border=0)]
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;line-height:1.4} img{max-width:100%} "
+             "table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}")
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>influence-studies: paper</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    atomic_write(run_dir / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    path = run_dir / "report.md"
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(md), encoding="utf-8"))
+    return path
