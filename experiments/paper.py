@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from influence import InfluenceError
 
+from .timing import take, timed
+
 log = logging.getLogger(__name__)
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -53,6 +55,7 @@ class Section:
     tables: dict = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)
     directory: Path | None = None
+    stages: pd.DataFrame | None = None  # the pipeline stages it ran (world, fit, scan, breakdown) and their seconds
 
 
 def _key(override: str) -> str:
@@ -113,7 +116,9 @@ class Worlds:
         key = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["model", "data", "queries", "seed", "paths"]))
         if key not in self._cache:
             self._cache.clear()  # one model in memory at a time
-            world = build_world(cfg)
+            with timed("world") as labels:
+                world = build_world(cfg)
+                labels["model"] = world.name
             world.model.to(cfg.score.device)
             self._cache[key] = world
         return self._cache[key]
@@ -146,6 +151,7 @@ def run_section(section: Section, cfg: DictConfig, overrides: list[str], run_dir
         log.error("section %s failed:\n%s", section.study, traceback.format_exc())
         section.status = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     section.seconds = time.perf_counter() - t0
+    section.stages = take().assign(study=section.study)
     log.info("paper: %s %s in %.0f s", section.study, section.status, section.seconds)
     return section
 
@@ -165,13 +171,16 @@ def run_paper(cfg: DictConfig, run_dir: Path, overrides: list[str], tracker) -> 
         raise InfluenceError(f"paper.studies has unknown studies {unknown}: choose from {[s for s, _, _ in SECTIONS]}")
     check_overrides(studies, overrides)
     worlds = Worlds()
+    take()  # stages timed before the paper started are not its own
     sections = [run_section(Section(s, *titles[s]), cfg, overrides, Path(run_dir), worlds)
                 for s in [s for s, _, _ in SECTIONS if s in studies]]
     card = scorecard({s.study: s.tables for s in sections if s.status == "ok"})
     timings = pd.DataFrame([{"study": s.study, "status": s.status, "seconds": round(s.seconds, 1)} for s in sections])
     summary = {**scorecard_summary(card), "sections": len(sections), "sections_failed": int((timings["status"] != "ok").sum()),
                "minutes": round(float(timings["seconds"].sum()) / 60, 2)}
-    tables = {"scorecard": card, "timings": timings, "_summary": pd.DataFrame([summary])}
+    frames = [s.stages for s in sections if s.stages is not None and not s.stages.empty]
+    stages = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["stage", "seconds", "study"])
+    tables = {"scorecard": card, "timings": timings, "stage_timings": stages, "_summary": pd.DataFrame([summary])}
     write_tables(tables, Path(run_dir))
     report = write_paper_report(Path(run_dir), overrides, sections, card, timings)
     figures = [p for s in sections for p in s.figures]

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from influence import InfluenceError
 
 from .stages import Search, search_stage
+from .timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ def scale_points(cfg: DictConfig, breakdown_k: int | None = None, search: bool =
         for seed in seeds:
             sub = point_config(cfg, size, seed)
             log.info("scale point: model %s, seed %d", size, seed)
-            world = build_world(sub)
+            with timed("world") as labels:
+                world = build_world(sub)
+                labels["model"] = world.name
             world.model.to(cfg.score.device)
             found = search_stage(sub, world, breakdown_k=breakdown_k) if search else None
             yield ScalePoint(size, order, seed, non_embedding_params(world.model), world, found)
