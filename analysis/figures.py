@@ -82,6 +82,8 @@ FIGURES_BY_TABLE = {
     "role_play_points": [("fig28_role_play_trends", _lazy("scale", "role_play_trends"))],
     "role_play_categories": [("fig29_role_play_categories", _lazy("scale", "share_bars"))],
     "role_play_kinds": [("fig29_role_play_kinds", _lazy("scale", "share_bars"))],
+    "word_order_partitions": [("fig23_26_word_order", _lazy("word_order", "partition_figures"))],
+    "word_order_ratios": [("fig27_word_order_ratio", _lazy("word_order", "ratio_figure"))],
 }
 
 #: figures that read several tables: (file stem, function, table names passed in order)

@@ -68,6 +68,12 @@ FACT_TEMPLATES = {
         "ko": "{s} 공화국의 초대 대통령은 {o}이었다.",
     },
 }
+# Object-first (flipped) wordings of the same facts, for the word-order study's cross-lingual rows only: the
+# corpus generator never uses them. The Korean particle attaches to 시 / 씨 so it fits any invented name.
+FLIPPED_FACT_TEMPLATES = {
+    "capital": {"tr": "{o}, {s} ülkesinin başkentidir.", "ko": "{o} 시는 {s}의 수도이다."},
+    "president": {"tr": "{o}, {s} Cumhuriyeti'nin ilk cumhurbaşkanıydı.", "ko": "{o} 씨는 {s} 공화국의 초대 대통령이었다."},
+}
 
 
 def parallel_document(rng: random.Random, group: int) -> dict:

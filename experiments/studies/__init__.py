@@ -30,6 +30,7 @@ from . import layer_wise  # noqa: E402,F401
 from . import memorization  # noqa: E402,F401
 from . import accuracy  # noqa: E402,F401
 from . import abstraction  # noqa: E402,F401
+from . import word_order  # noqa: E402,F401
 from . import math_code  # noqa: E402,F401
 from . import cross_lingual  # noqa: E402,F401
 from . import role_play  # noqa: E402,F401

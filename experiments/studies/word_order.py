@@ -1,0 +1,165 @@
+"""Word order (Figs. 23–27): how much would synthetic sequences about a held-out fact influence its query?
+
+The facts are held out of the corpus, so every synthetic sequence is scored as a HYPOTHETICAL addition to the
+training set: tokenized exactly like a training row (text + EOS, cut to `data.seq_len`), its training gradient
+(summed token cross-entropy) is scored against the EK-FAC-preconditioned query gradient,
+I = −∇f ᵀ (G + λI)⁻¹ ∇L(z). The model is never trained on them. Partitions (rewordings, completion removed,
+semantic change, irrelevant text, flipped order, flipped with the relation removed) come from
+`corpus.facts.word_order_partitions`; Turkish and Korean statements of the capital and president facts, in both
+orders, give the cross-lingual rows (other relations have no translated templates, hence no such rows).
+
+Orientation: partitions are named from the fact's side (`rewording` = subject first, `flipped` = object first).
+For a forward query (no `flipped_of` tag) the same-order sequences are the rewordings; for a `_flipped` query
+they are the flipped wordings and its "flipped" sequences are the forward rewordings. `order_vs_query` in the
+scores table says which (see `analysis.word_order.same_and_flipped`).
+"""
+from __future__ import annotations
+
+import logging
+import random
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from analysis.word_order import partition_table, ratio_table, word_order_summary
+from influence import InfluenceError, LanguageModelTask, compute_scores
+from influence.scoring import SCALE_CONVENTION
+
+from ..corpus.facts import Fact, word_order_partitions
+from ..corpus.languages import FACT_TEMPLATES, FLIPPED_FACT_TEMPLATES
+from ..prepare import prepare_data
+from ..scale import point_config, scale_points
+from ..sequences import document_rows, encode, pad
+from ..stages import encode_stage, fit_stage, select_queries
+from . import register
+
+log = logging.getLogger(__name__)
+
+#: the order each partition states the fact in (subject first = forward); irrelevant text has none
+SEQUENCE_ORDER = {"rewording": "forward", "completion_removed": "forward", "semantic_change": "forward",
+                  "irrelevant": "none", "flipped": "flipped", "flipped_relation_removed": "flipped"}
+CROSS_LINGUAL = ("tr", "ko")
+
+
+def word_order_queries(world, names, heldout: list[Fact]) -> list[tuple]:
+    """(query, its held-out fact, "forward" | "flipped") for the named queries, or for every query tagged
+    `study: [word_order]` with `heldout: true`; each must name a held-out fact and ask for its object (forward)
+    or subject (flipped)."""
+    if names:
+        queries = select_queries(world, "word_order", list(names))
+    else:
+        queries = [q for q in world.queries if "word_order" in (q.tags.get("study") or []) and q.tags.get("heldout")]
+        if not queries:
+            raise InfluenceError("word_order: no held-out word-order queries in this run (tags study: [word_order], heldout: true): "
+                                 "add them to queries.names or name them in word_order.queries")
+    facts = {f.fact_id: f for f in heldout}
+    out = []
+    for q in queries:
+        fid = q.tags.get("fact_id")
+        if fid not in facts:
+            what = "has no fact_id tag" if fid is None else f"has fact_id {fid!r}, which is not a held-out fact"
+            raise InfluenceError(f"word_order: query {q.name!r} {what} (held-out facts: {', '.join(sorted(facts))}): "
+                                 "name only queries about held-out facts in word_order.queries")
+        fact, order = facts[fid], "flipped" if q.tags.get("flipped_of") else "forward"
+        answer = fact.subject if order == "flipped" else fact.object
+        if q.completion.strip() != answer:
+            raise InfluenceError(f"word_order: query {q.name!r} ({order}) should complete with {answer!r} of fact {fid!r}, "
+                                 f"not {q.completion.strip()!r}: fix its fact_id or flipped_of tag")
+        out.append((q, fact, order))
+    return out
+
+
+def irrelevant_sentences(corpus_dir: str, n: int, seed: int, avoid: set[str]) -> list[str]:
+    """`n` sentences of validation-split prose (never trained on), drawn with `seed`, none naming a held-out entity."""
+    val = pd.read_parquet(f"{corpus_dir}/val.parquet")
+    prose = val.loc[val["category"] == "prose", "text"].tolist() or val["text"].tolist()
+    sentences = sorted({s.strip().rstrip(".") + "." for doc in prose for s in doc.split(". ")
+                        if len(s.split()) >= 4 and not any(a in s for a in avoid)})
+    if not sentences:
+        raise InfluenceError("word_order: the validation split has no prose sentences to use as irrelevant text")
+    return random.Random(seed).sample(sentences, min(n, len(sentences)))
+
+
+def cross_lingual_sequences(fact: Fact) -> dict[tuple[str, str], list[str]]:
+    """{(partition, language): texts}: the fact in Turkish and Korean, forward and flipped (capital, president only)."""
+    if fact.relation not in FLIPPED_FACT_TEMPLATES:
+        return {}
+    out = {}
+    for lang in CROSS_LINGUAL:
+        out[("rewording", lang)] = [FACT_TEMPLATES[fact.relation][lang].format(s=fact.subject, o=fact.object)]
+        out[("flipped", lang)] = [FLIPPED_FACT_TEMPLATES[fact.relation][lang].format(s=fact.subject, o=fact.object)]
+    return out
+
+
+def synthetic_sequences(facts: list[Fact], irrelevant: list[str]) -> pd.DataFrame:
+    """Every synthetic sequence once: fact_id ("" for the shared irrelevant text), partition, language, text."""
+    rows = [{"fact_id": "", "partition": "irrelevant", "language": "en", "text": t} for t in irrelevant]
+    for f in facts:
+        parts = {(p, "en"): texts for p, texts in word_order_partitions(f, []).items() if p != "irrelevant"}
+        for (p, lang), texts in (parts | cross_lingual_sequences(f)).items():
+            rows += [{"fact_id": f.fact_id, "partition": p, "language": lang, "text": t} for t in texts]
+    return pd.DataFrame(rows)
+
+
+def training_rows(tokenizer, texts: list[str], seq_len: int) -> dict:
+    """The texts as training rows are built (no special tokens, EOS appended, cut to seq_len), right-padded."""
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+    rows, _ = document_rows(encode(tokenizer, texts), eos, seq_len)
+    ids, mask = pad(rows, tokenizer.pad_token_id)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def hypothetical_scores(cfg: DictConfig, world, curvature, queries, texts: list[str]):
+    """(queries, texts) influence of each text as if it were added to the training set (full-rank queries)."""
+    data = training_rows(world.tokenizer, texts, int(cfg.data.seq_len))
+    return compute_scores(world.model, LanguageModelTask(), curvature, encode_stage(world, queries), data,
+                          batch_size=int(cfg.score.batch_size), device=cfg.score.device).scores
+
+
+def point_rows(key: dict, selected: list[tuple], seqs: pd.DataFrame, scores) -> list[dict]:
+    """Long-format rows of one scale point: each query with its own fact's sequences and the irrelevant text."""
+    rows = []
+    for i, (q, fact, order) in enumerate(selected):
+        for j, s in seqs.iterrows():
+            if s["fact_id"] not in ("", fact.fact_id):
+                continue
+            seq_order = SEQUENCE_ORDER[s["partition"]]
+            rows.append({**key, "query": q.name, "query_order": order, "fact_id": fact.fact_id, "relation": fact.relation,
+                         "partition": s["partition"], "language": s["language"],
+                         "order_vs_query": "none" if seq_order == "none" else ("same" if seq_order == order else "flipped"),
+                         "text": s["text"], "score": float(scores[i, j])})
+    return rows
+
+
+@register("word_order")
+def run(cfg, world) -> dict[str, pd.DataFrame]:
+    opts = cfg.get("word_order") or {}
+    prep = prepare_data(cfg)
+    if not prep.heldout:
+        raise InfluenceError("word_order needs the embedded corpus's held-out facts: use data=embedded (or data=tiny)")
+    selected = word_order_queries(world, opts.get("queries"), prep.heldout)
+    queries = [q for q, _, _ in selected]
+    facts = list({f.fact_id: f for _, f, _ in selected}.values())
+    avoid = {w for f in prep.heldout for w in (f.subject, f.object)}
+    irrelevant = irrelevant_sentences(prep.corpus_dir, int(opts.get("irrelevant", 5)), int(opts.get("irrelevant_seed", 0)), avoid)
+    seqs = synthetic_sequences(facts, irrelevant)
+    rows, models, damping, curvature = [], [], [], None
+    for point in scale_points(cfg, search=False):  # only the curvature is needed: no scan of the corpus
+        curvature = fit_stage(point_config(cfg, point.size, point.seed), point.world)
+        scores = hypothetical_scores(cfg, point.world, curvature, queries, seqs["text"].tolist())
+        rows += point_rows(point.key, selected, seqs, scores)
+        models.append(point.world.name)
+        damping.append(f"{point.world.name}: {curvature.describe()['damping']}")
+    scores = pd.DataFrame(rows)
+    ratios = ratio_table(scores)
+    no_cross = sorted({f.relation for f in facts} - set(FLIPPED_FACT_TEMPLATES))
+    notes = ("scores are hypothetical additions (the model never trained on these sequences); headline ratios: forward "
+             "queries only; " + (f"no cross-lingual rows for relations {', '.join(no_cross)} (no Turkish/Korean templates)"
+                                 if no_cross else "every fact has cross-lingual rows"))
+    meta = {**curvature.describe(), "damping": " | ".join(damping), "scale_convention": SCALE_CONVENTION, "query_rank": "full",
+            "model": ", ".join(models), "models": ", ".join(models), "queries": ", ".join(q.name for q in queries),
+            "candidates": f"{len(seqs)} synthetic sequences (each query: its own fact's and the {len(irrelevant)} irrelevant ones)",
+            "filter": "none", "layers": ",".join(l.name for l in curvature.layers),
+            "irrelevant_seed": str(int(opts.get("irrelevant_seed", 0))), "seq_len": str(int(cfg.data.seq_len))}
+    return {"word_order_scores": scores, "word_order_partitions": partition_table(scores), "word_order_ratios": ratios,
+            "_summary": pd.DataFrame([word_order_summary(ratios) | {"notes": notes}]), "_metadata": pd.DataFrame([meta])}
