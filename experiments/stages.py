@@ -19,8 +19,12 @@ from influence.batching import sample_indices
 from influence.curvature import get_curvature_class
 from influence.fingerprint import config_fingerprint
 from influence.lowrank import plan_query_rank, query_bytes
+from influence.memory import format_memory_plan
+from influence.precision import with_precision
 from influence.scan import ScanResult, TopBreakdown, scan, top_k_breakdown
 from influence.storage import load_tensors, save_tensors
+
+from .plan import plan as memory_plan
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +42,18 @@ def tracked_layers(cfg: DictConfig, model):
                                include_attention=bool(c.get("include_attention", False)))
 
 
+def score_task(cfg: DictConfig):
+    """The LM task that scans and breakdowns use, under autocast when `score.precision` is bf16 or fp16."""
+    return with_precision(LanguageModelTask(), str(cfg.score.get("precision", "float32")))
+
+
 def fit_stage(cfg: DictConfig, world, task=None):
-    """Fit (or reuse) the configured curvature on the world's training set."""
+    """Fit (or reuse) the configured curvature on the world's training set, after logging its memory plan."""
     options = {k: v for k, v in OmegaConf.to_container(cfg.curvature, resolve=True).items() if k not in _LAYER_KEYS}
     get_curvature_class(cfg.curvature.name)  # unknown names fail before any work
     if cfg.curvature.name != "identity":  # the identity has no labels to sample
         options.setdefault("seed", int(cfg.seed))
+    log.info("%s", format_memory_plan(memory_plan(cfg, world.model, len(world.queries))))
     cache = Path(cfg.paths.output_dir) / "factors" / world.name
     log.info("fitting %s on %d training sequences", cfg.curvature.name, world.train.input_ids.shape[0])
     return fit_curvature(world.model, task or LanguageModelTask(), training_data(world), method=cfg.curvature.name,
@@ -96,14 +106,14 @@ def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
     rank = query_rank(cfg, curvature, len(queries))
     key = config_fingerprint({"curvature": curvature.describe(), "queries": [(q.name, q.prompt, q.completion) for q in queries],
                               "rows": indices.tolist(), "rank": rank, "batch": int(cfg.score.batch_size),
-                              "chunk": int(cfg.score.chunk_batches)})
+                              "chunk": int(cfg.score.chunk_batches), "precision": str(cfg.score.get("precision", "float32"))})
     out_dir = Path(cfg.paths.output_dir) / "scans" / world.name / key
     shapes = [l.shape for l in curvature.layers]
     memory_mb = query_bytes(shapes, len(queries), rank) / 2**20
     full_mb = query_bytes(shapes, len(queries), None) / 2**20
     log.info("scanning %d candidates with %d queries (query rank %s: %.1f MiB of query gradients, full rank %.1f MiB) into %s",
              len(indices), len(queries), "full" if rank is None else rank, memory_mb, full_mb, out_dir)
-    result = scan(world.model, LanguageModelTask(), curvature, encoded, training_data(world), out_dir,
+    result = scan(world.model, score_task(cfg), curvature, encoded, training_data(world), out_dir,
                   query_names=[q.name for q in queries], indices=indices, batch_size=int(cfg.score.batch_size),
                   query_rank=rank, chunk_batches=int(cfg.score.chunk_batches), device=cfg.score.device)
     if per_query is not None:
@@ -128,7 +138,7 @@ def breakdown_stage(cfg: DictConfig, world, curvature, result, k: int, queries=N
         if torch.equal(t["rows"], rows):
             return [TopBreakdown(rows=rows[q], scores=t["layer_scores"][q].sum(-1), layer_scores=t["layer_scores"][q],
                                  token_scores=t["token_scores"][q]) for q in range(rows.shape[0])]
-    tops = top_k_breakdown(world.model, LanguageModelTask(), curvature, encode_stage(world, queries),
+    tops = top_k_breakdown(world.model, score_task(cfg), curvature, encode_stage(world, queries),
                            training_data(world), rows, batch_size=int(cfg.score.batch_size), device=cfg.score.device)
     if path is not None:
         save_tensors(path, {"rows": rows, "layer_scores": torch.stack([t.layer_scores for t in tops]),

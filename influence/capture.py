@@ -13,6 +13,7 @@ from torch import nn
 
 from .errors import InfluenceError
 from .modules import TrackedLayer
+from .precision import widen
 
 
 def homogeneous(a: torch.Tensor, has_bias: bool) -> torch.Tensor:
@@ -40,7 +41,8 @@ class LayerCapture:
         def hook(module, args, output):
             if layer.name in self.inputs:
                 raise InfluenceError(f"layer {layer.name} ran twice in one forward pass: shared modules cannot be tracked")
-            self.inputs[layer.name] = homogeneous(_as_tokens(args[0].detach()), layer.has_bias)
+            # under autocast a layer may see bf16/fp16 inputs: captures are kept in float32 at least
+            self.inputs[layer.name] = homogeneous(_as_tokens(widen(args[0].detach())), layer.has_bias)
             if not output.requires_grad:  # parameters frozen: start the graph here
                 output.requires_grad_()
             self._outputs[layer.name] = output
@@ -66,7 +68,7 @@ class LayerCapture:
         grads = torch.autograd.grad(scalar, outs, grad_outputs=grad_outputs, allow_unused=True, retain_graph=retain_graph)
         result = {}
         for n, o, g in zip(names, outs, grads):
-            result[n] = _as_tokens(torch.zeros_like(o) if g is None else g)
+            result[n] = _as_tokens(widen(torch.zeros_like(o) if g is None else g))
         self._outputs.clear()
         return result
 

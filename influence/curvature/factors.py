@@ -19,6 +19,7 @@ from ..capture import check_finite, eval_mode, frozen_parameters, sequence_gradi
 from ..errors import InfluenceError
 from ..gradients import capture_pass
 from ..modules import TrackedLayer
+from ..precision import autocast_dtype
 from ..threads import SMALL, single_thread
 
 
@@ -183,11 +184,13 @@ from .base import FitConfig  # noqa: E402  (kept beside the code that reads it)
 class KroneckerConfig(FitConfig):
     num_blocks: int = 1                # block-diagonal A and S (paper App. A)
     gradient_cache_mb: float = 4096.0  # keep captures between the two passes up to this size (else a 2nd pass)
+    precision: str = "float32"         # forward/backward under autocast: float32 (none), bf16 or fp16
 
     def __post_init__(self):
         super().__post_init__()
         if self.num_blocks < 1:
             raise InfluenceError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        autocast_dtype(self.precision)  # an unknown precision fails here, naming the valid ones
 
 
 def basis_state(basis: Eigenbasis) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..precision import with_precision
 from .base import Curvature, layer_damping, register
 from .factors import (KroneckerConfig, basis_from_state, basis_state, eigenbasis_ihvp,
                       fit_kronecker)
@@ -26,7 +27,7 @@ class KFAC(Curvature):
 
     @classmethod
     def fit(cls, model, task, data, layers, config, device=None):
-        basis, _, stats = fit_kronecker(model, task, data, layers, config, device, eigenvalue_correction=False)
+        basis, _, stats = fit_kronecker(model, with_precision(task, config.precision), data, layers, config, device, eigenvalue_correction=False)
         curv = cls(layers, config)
         curv.info = {k: str(v) for k, v in stats.items()}
         curv._set(basis, stats["mean_tokens_per_sequence"])

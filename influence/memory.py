@@ -1,0 +1,60 @@
+"""Memory planning: what a fit's factors and the stored query gradients will occupy, from layer shapes alone.
+
+Computed before any work so that a user sees whether a large model fits (a 1B-parameter model's MLP
+factors run to GiBs). Sizes follow what the code allocates: A, S, their eigenvector matrices and Λ in
+float64 (per tracked layer of shape (P, M+1)), the query gradients in float32 at the chosen rank.
+"""
+from __future__ import annotations
+
+from .curvature.factors import _blocks as block_ranges
+from .errors import InfluenceError
+from .lowrank import query_bytes
+
+MIB = 2**20
+FACTOR_BYTES = 8  # float64 accumulators, eigendecompositions and Λ
+PARTS = ("A", "S", "eigenvectors", "lambda", "queries")
+#: methods that store Kronecker factors (the others keep only the query gradients)
+KRONECKER = ("ekfac", "kfac")
+
+
+def _block_floats(dim: int, num_blocks: int) -> int:
+    """Floats of a (dim × dim) factor kept as `num_blocks` diagonal blocks."""
+    return sum((e - s) ** 2 for s, e in block_ranges(dim, num_blocks))
+
+
+def layer_memory(shape: tuple[int, int], num_queries: int, query_rank: int | None, method: str = "ekfac",
+                 num_blocks: int = 1) -> dict[str, float]:
+    """MiB per part for one layer of shape (P, M+1): A (in×in, block-diagonal with blocks), S (out×out),
+    the eigenvector matrices Q_A and Q_S (stored dense), Λ (out×in) and the queries' gradients."""
+    p, m = shape
+    kron = method in KRONECKER
+    floats = {"A": _block_floats(m, num_blocks) if kron else 0, "S": _block_floats(p, num_blocks) if kron else 0,
+              "eigenvectors": m * m + p * p if kron else 0, "lambda": p * m if kron else 0}
+    out = {k: v * FACTOR_BYTES / MIB for k, v in floats.items()}
+    out["queries"] = query_bytes([shape], num_queries, query_rank) / MIB
+    out["total"] = sum(out[k] for k in PARTS)
+    return out
+
+
+def memory_plan(layers: dict[str, tuple[int, int]], num_queries: int, query_rank: int | None = None,
+                method: str = "ekfac", num_blocks: int = 1) -> dict:
+    """Per-layer and total MiB of every part, for tracked layers given as {name: (P, M+1)}."""
+    if num_blocks < 1:
+        raise InfluenceError(f"num_blocks must be >= 1, got {num_blocks}")
+    per_layer = {name: layer_memory(shape, num_queries, query_rank, method, num_blocks) for name, shape in layers.items()}
+    total = {k: sum(l[k] for l in per_layer.values()) for k in (*PARTS, "total")}
+    return {"method": method, "num_blocks": num_blocks, "num_queries": num_queries, "query_rank": query_rank,
+            "layers": per_layer, "total": total}
+
+
+def format_memory_plan(plan: dict) -> str:
+    """The plan as a table, one row per layer and a total row, in MiB."""
+    rank = "full" if plan["query_rank"] is None else plan["query_rank"]
+    head = (f"memory plan (MiB): {plan['method']}, {len(plan['layers'])} layers, blocks={plan['num_blocks']}, "
+            f"{plan['num_queries']} queries at rank {rank}; factors float64, query gradients float32")
+    width = max([len(n) for n in plan["layers"]] + [5])
+    cols = ("A", "S", "eigenvectors", "lambda", "queries", "total")
+    rows = [f"{'layer':<{width}} " + " ".join(f"{c:>12}" for c in cols)]
+    for name, mem in [*plan["layers"].items(), ("total", plan["total"])]:
+        rows.append(f"{name:<{width}} " + " ".join(f"{mem[c]:>12.2f}" for c in cols))
+    return "\n".join([head, *rows])

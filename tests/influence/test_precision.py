@@ -1,0 +1,63 @@
+"""Mixed precision (bf16/fp16 autocast on CPU): factors stay float32/float64, finite, and close to the float32 fit."""
+import pytest
+import torch
+
+from influence import InfluenceError, LanguageModelTask, compute_scores, fit_curvature
+from influence.precision import AutocastTask, with_precision
+
+from .tiny import gpt2, query_batch, token_data
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = gpt2(vocab=64, hidden=32, layers=2, heads=2, dtype=torch.float32)
+    return model, token_data(16, 12, vocab=64), query_batch(2, 4, 3, vocab=64)
+
+
+def _factor(q, lam):
+    return q @ torch.diag(lam) @ q.T
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_factors_are_finite_float64_and_close_to_float32(setup, precision):
+    model, data, queries = setup
+    task = LanguageModelTask()
+    ref = fit_curvature(model, task, data, method="ekfac", labels="true", batch_size=8)
+    bf = fit_curvature(model, task, data, method="ekfac", labels="true", batch_size=8, precision=precision)
+    for name in ref.basis.q_a:
+        b, r = bf.basis, ref.basis
+        assert b.q_a[name].dtype == torch.float64 and bf.lam[name].dtype == torch.float64
+        for t in (b.q_a[name], b.q_s[name], b.lam_a[name], b.lam_s[name], bf.lam[name]):
+            assert torch.isfinite(t).all()
+        err_a = _rel(_factor(b.q_a[name], b.lam_a[name]), _factor(r.q_a[name], r.lam_a[name]))
+        assert 0 < err_a < 0.01  # > 0: the forward really ran in low precision (bf16 measured ~1e-3, fp16 ~1e-4)
+        assert _rel(_factor(b.q_s[name], b.lam_s[name]), _factor(r.q_s[name], r.lam_s[name])) < 0.02
+        assert _rel(bf.lam[name].sum(), ref.lam[name].sum()) < 0.01
+    assert bf.describe()["precision"] == precision
+    # scores under autocast rank the training sequences like float32 ones
+    s32 = compute_scores(model, task, ref, queries, data).scores
+    s16 = compute_scores(model, with_precision(task, precision), bf, queries, data).scores
+    assert s16.dtype == torch.float32 and torch.isfinite(s16).all()
+    for q in range(s32.shape[0]):
+        assert torch.corrcoef(torch.stack([s32[q], s16[q]]))[0, 1] > 0.95
+
+
+def test_float32_is_the_untouched_task_and_bit_identical(setup):
+    model, data, _ = setup
+    task = LanguageModelTask()
+    assert with_precision(task, "float32") is task and isinstance(with_precision(task, "bf16"), AutocastTask)
+    a = fit_curvature(model, task, data, method="kfac", batch_size=8)
+    b = fit_curvature(model, task, data, method="kfac", batch_size=8, precision="float32")
+    assert all(torch.equal(v, b.state()[k]) for k, v in a.state().items())
+
+
+def test_unknown_precision_fails_naming_the_valid_ones(setup):
+    model, data, _ = setup
+    with pytest.raises(InfluenceError, match=r"unknown precision 'half'.*bf16"):
+        fit_curvature(model, LanguageModelTask(), data, method="ekfac", precision="half")
+    with pytest.raises(InfluenceError, match="unknown precision"):
+        with_precision(LanguageModelTask(), "float16")
