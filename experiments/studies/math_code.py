@@ -21,7 +21,8 @@ from ._sweep import point_metadata, scale_queries, sweep_metadata, top_rows
 def check_types(queries) -> None:
     bad = [f"{q.name} ({query_type(q)})" for q in queries if query_type(q) not in ("math", "code")]
     if bad:
-        raise InfluenceError(f"math_code: queries {bad} are neither type math nor code: list only math or code queries in math_code.queries")
+        raise InfluenceError(f"math_code: queries {bad} are neither type math nor code: "
+                             "list only math or code queries in math_code.queries")
 
 
 def relation_column(top: pd.DataFrame, meta: pd.DataFrame, queries) -> pd.DataFrame:
@@ -34,7 +35,8 @@ def relation_column(top: pd.DataFrame, meta: pd.DataFrame, queries) -> pd.DataFr
 
 def point_table(top: pd.DataFrame) -> pd.DataFrame:
     keys = POINT + ["query"]
-    out = share_of(top, "relation", "spurious", "spurious_share").merge(share_of(top, "relation", list(RELATED), "related_share"), on=keys)
+    out = share_of(top, "relation", "spurious", "spurious_share").merge(
+        share_of(top, "relation", list(RELATED), "related_share"), on=keys)
     types = top.drop_duplicates("query").set_index("query")["type"]
     return out.assign(type=out["query"].map(types))
 

@@ -18,7 +18,8 @@ def point_table(top: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary(points: pd.DataFrame) -> dict:
-    return {"ai_share_smallest": at_size(points, "ai_share", "smallest"), "ai_share_largest": at_size(points, "ai_share", "largest"),
+    return {"ai_share_smallest": at_size(points, "ai_share", "smallest"),
+            "ai_share_largest": at_size(points, "ai_share", "largest"),
             "ai_vs_size_spearman": sweep_spearman(points, "ai_share"),
             "scifi_share_smallest": at_size(points, "scifi_share", "smallest"),
             "scifi_share_largest": at_size(points, "scifi_share", "largest")}
