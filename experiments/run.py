@@ -6,6 +6,7 @@ resolved config is kept there by Hydra (.hydra/config.yaml).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from influence import InfluenceError
+from influence import InfluenceError, distributed
 from influence.storage import atomic_write, save_tensors
 
 log = logging.getLogger("experiments.run")
@@ -52,6 +53,28 @@ def run_directory(cfg: DictConfig) -> tuple[Path, list[str]]:
     return Path(cfg.paths.output_dir) / "runs" / "latest", []
 
 
+def join_ranks(cfg: DictConfig) -> None:
+    """Under torchrun: join the process group (gloo on CPU, nccl on CUDA), one GPU per rank, logs tagged by rank.
+
+    Only rank 0 logs at INFO; the others report warnings and errors.
+    """
+    if not distributed.init_from_env(device=str(cfg.score.device)):
+        return
+    if str(cfg.score.device) == "cuda":
+        cfg.score.device = f"cuda:{distributed.local_rank()}"
+    tag = f"[rank {distributed.rank()}/{distributed.world_size()}] "
+
+    def prefix(record):  # once per record, though several handlers see it
+        if not str(record.msg).startswith(tag):
+            record.msg = tag + str(record.msg)
+        return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(prefix)
+    if not distributed.is_main():
+        logging.getLogger().setLevel(logging.WARNING)
+
+
 def main(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     """Run the configured study; write its tables, figures and report.md; mirror them to the tracker."""
     from analysis.figures import draw_all
@@ -63,12 +86,18 @@ def main(cfg: DictConfig) -> dict[str, pd.DataFrame]:
 
     if cfg.score.get("num_threads"):
         torch.set_num_threads(int(cfg.score.num_threads))
+    join_ranks(cfg)
     name = str(cfg.get("study", "top_influences"))
     study = get_study(name)
-    tracker = make_tracker(cfg)  # a bad logger config fails before any work
-    world = build_world(cfg)
+    tracker = make_tracker(cfg) if distributed.is_main() else None  # a bad logger config fails before any work
+    with distributed.collectively():  # rank 0 trains (or prepares) the world first; the others then load it
+        world = build_world(cfg) if distributed.is_main() else None
+    if world is None:
+        world = build_world(cfg)
     world.model.to(cfg.score.device)
     tables = study(cfg, world)
+    if not distributed.is_main():  # rank 0 writes and logs the results every rank computed
+        return tables
     run_dir, overrides = run_directory(cfg)
     write_tables(tables, run_dir)
     figures = draw_all(tables, run_dir)
@@ -88,7 +117,11 @@ def cli(cfg: DictConfig) -> None:
     except InfluenceError as e:
         log.error("%s", e)
         sys.exit(f"error: {e}")
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: only rank 0 keeps a run directory (config, log file)
+        sys.argv += ["hydra.run.dir=${paths.output_dir}", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
     cli()

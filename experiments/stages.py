@@ -17,6 +17,7 @@ from influence import (InfluenceError, LanguageModelTask, context_length, encode
                        find_tracked_layers, fit_curvature)
 from influence.batching import sample_indices
 from influence.curvature import get_curvature_class
+from influence.distributed import broadcast_object, collectively, is_main
 from influence.fingerprint import config_fingerprint
 from influence.lowrank import plan_query_rank, query_bytes
 from influence.memory import format_memory_plan
@@ -133,16 +134,17 @@ def breakdown_stage(cfg: DictConfig, world, curvature, result, k: int, queries=N
     _, rows = result.top_k(k)
     path = Path(result.metadata["scan_dir"]) / f"breakdown-{config_fingerprint(rows.tolist())[:16]}.safetensors" \
         if "scan_dir" in result.metadata else None
-    if path is not None and path.exists():
+    if path is not None and broadcast_object(path.exists()):  # rank 0's view: all ranks load, or all compute
         t, _ = load_tensors(path)
         if torch.equal(t["rows"], rows):
             return [TopBreakdown(rows=rows[q], scores=t["layer_scores"][q].sum(-1), layer_scores=t["layer_scores"][q],
                                  token_scores=t["token_scores"][q]) for q in range(rows.shape[0])]
     tops = top_k_breakdown(world.model, score_task(cfg), curvature, encode_stage(world, queries),
                            training_data(world), rows, batch_size=int(cfg.score.batch_size), device=cfg.score.device)
-    if path is not None:
-        save_tensors(path, {"rows": rows, "layer_scores": torch.stack([t.layer_scores for t in tops]),
-                            "token_scores": torch.stack([t.token_scores for t in tops])}, {"k": str(k)})
+    with collectively():
+        if path is not None and is_main():
+            save_tensors(path, {"rows": rows, "layer_scores": torch.stack([t.layer_scores for t in tops]),
+                                "token_scores": torch.stack([t.token_scores for t in tops])}, {"k": str(k)})
     return tops
 
 

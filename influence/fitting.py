@@ -1,4 +1,8 @@
-"""Fit a curvature, or reuse a saved one whose fingerprint (model weights + data + fitting config) matches."""
+"""Fit a curvature, or reuse a saved one whose fingerprint (model weights + data + fitting config) matches.
+
+Under torch.distributed every rank takes part in the fit and ends with the same factors; rank 0
+alone decides whether a cached fit exists and writes the file (the cache directory is shared).
+"""
 from __future__ import annotations
 
 import json
@@ -9,6 +13,7 @@ import torch
 
 from .batching import num_rows
 from .curvature import Curvature, get_curvature_class, make_config
+from .distributed import broadcast_object, collectively, is_main
 from .errors import InfluenceError
 from .fingerprint import combine, config_fingerprint, model_fingerprint, tensors_fingerprint
 from .modules import TrackedLayer, find_tracked_layers
@@ -40,7 +45,7 @@ def fit_curvature(
                          config_fingerprint({"method": method, "options": options, "layers": [l.name for l in layers],
                                              "task": type(task).__name__}))
         path = Path(cache_dir) / f"{method}-{fit_fp}.safetensors"
-        if path.exists():
+        if broadcast_object(path.exists()):  # rank 0's view, so that no rank fits alone
             log.info("reusing fitted %s factors %s", method, path)
             return load_curvature(path, model, task=task, layers=layers)
     curv = cls.fit(model, task, data, layers, config, device)
@@ -48,8 +53,10 @@ def fit_curvature(
         meta = {**curv.describe(), "model_fingerprint": model_fp, "fit_fingerprint": fit_fp,
                 "layers": json.dumps([l.name for l in layers]), "options": json.dumps(options, default=str),
                 "format": "influence-studies/curvature/1"}
-        save_tensors(path, curv.state(), meta)
-        log.info("saved fitted %s factors to %s", method, path)
+        with collectively():  # every rank waits for the file, and sees rank 0's failure to write it
+            if is_main():
+                save_tensors(path, curv.state(), meta)
+                log.info("saved fitted %s factors to %s", method, path)
     return curv
 
 

@@ -6,6 +6,11 @@ queries, candidates, rank). A scan killed at any point and restarted recomputes 
 missing chunks and ends with exactly the uninterrupted result; a directory holding another
 scan is refused, naming what differs. A second, small pass over each query's top-k gives the
 full-rank re-scores, layer-wise and token-wise breakdowns and the spurious-sequence flag (§5.3).
+
+Under torch.distributed the chunks are dealt round-robin to the ranks (each resumes its own),
+rank 0 alone writes the manifest, and after a barrier every rank reads the others' chunks, so
+all ranks return the ScanResult a single process returns. The top-k breakdown splits its rows
+across ranks the same way and gathers them.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from tqdm import tqdm
 from .batching import by_length, iter_batches, num_rows, pad_positions
 from .capture import check_finite, eval_mode, frozen_parameters
 from .curvature import Curvature
+from .distributed import all_gather_object, collectively, is_main, shard, world_size
 from .errors import InfluenceError
 from .fingerprint import config_fingerprint, model_fingerprint, tensors_fingerprint
 from .gradients import capture_pass
@@ -118,6 +124,16 @@ def _check_or_write_manifest(out_dir: Path, manifest: dict) -> None:
         raise InfluenceError(f"could not write {path}: {e.strerror or e} (free disk space or choose another directory)") from None
 
 
+def _load_chunk(path: Path, c: int, sel: torch.Tensor, out_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A finished chunk's (scores, layer_scores), checked to be chunk `c` of this scan."""
+    tensors, meta = load_tensors(path)
+    if meta.get("chunk") != str(c) or not torch.equal(tensors["indices"], sel):
+        raise InfluenceError(f"{path} does not belong to this scan: delete the scan directory {out_dir}")
+    if "layer_scores" not in tensors:
+        raise InfluenceError(f"{path} lacks layer scores: delete the scan directory {out_dir}")
+    return tensors["scores"], tensors["layer_scores"]
+
+
 def scan(
     model,
     task,
@@ -149,25 +165,24 @@ def scan(
     num_q = next(iter(queries.values())).shape[0]
     names = list(query_names) if query_names is not None else [f"query_{i}" for i in range(num_q)]
     out_dir = Path(out_dir)
-    _check_or_write_manifest(out_dir, _manifest(model, curvature, queries, names, data, indices, query_rank,
-                                                batch_size, chunk_batches))
+    manifest = _manifest(model, curvature, queries, names, data, indices, query_rank, batch_size, chunk_batches)
+    with collectively():  # rank 0 checks or writes the manifest before any rank writes a chunk
+        if is_main():
+            _check_or_write_manifest(out_dir, manifest)
     pre = None
     layer_names = [l.name for l in curvature.layers]
     rows_per_chunk = batch_size * chunk_batches
     num_chunks = (len(indices) + rows_per_chunk - 1) // rows_per_chunk
-    chunks = []
-    bar = tqdm(total=len(indices), desc="scan", unit="seq", disable=not progress, dynamic_ncols=True, mininterval=1.0)
-    with eval_mode(model), frozen_parameters(model), bar:
-        for c in range(num_chunks):
+    chunks = {}
+    mine = shard(range(num_chunks))  # every chunk in a single process
+    total = sum(len(indices[c * rows_per_chunk : (c + 1) * rows_per_chunk]) for c in mine)
+    bar = tqdm(total=total, desc="scan", unit="seq", disable=not (progress and is_main()), dynamic_ncols=True, mininterval=1.0)
+    with collectively(), eval_mode(model), frozen_parameters(model), bar:
+        for c in mine:
             path = out_dir / f"chunk-{c:06d}.safetensors"
             sel = indices[c * rows_per_chunk : (c + 1) * rows_per_chunk]
             if path.exists():
-                tensors, meta = load_tensors(path)
-                if meta.get("chunk") != str(c) or not torch.equal(tensors["indices"], sel):
-                    raise InfluenceError(f"{path} does not belong to this scan: delete the scan directory {out_dir}")
-                if "layer_scores" not in tensors:
-                    raise InfluenceError(f"{path} lacks layer scores: delete the scan directory {out_dir}")
-                chunks.append((tensors["scores"], tensors["layer_scores"]))
+                chunks[c] = _load_chunk(path, c, sel, out_dir)
                 bar.update(len(sel))
                 continue
             if pre is None:
@@ -186,10 +201,14 @@ def scan(
             layers = by_order[[pos[int(r)] for r in sel]].permute(1, 2, 0).contiguous()  # (Q, L, rows) in `sel` order
             scores = layers.sum(1)
             save_tensors(path, {"scores": scores, "layer_scores": layers, "indices": sel}, {"chunk": str(c)})
-            chunks.append((scores, layers))
+            chunks[c] = (scores, layers)
+    for c in range(num_chunks):  # the other ranks' chunks (none in a single process)
+        if c not in chunks:
+            sel = indices[c * rows_per_chunk : (c + 1) * rows_per_chunk]
+            chunks[c] = _load_chunk(out_dir / f"chunk-{c:06d}.safetensors", c, sel, out_dir)
     return ScanResult(
-        scores=torch.cat([c[0] for c in chunks], dim=1),
-        layer_scores=torch.cat([c[1] for c in chunks], dim=2),
+        scores=torch.cat([chunks[c][0] for c in range(num_chunks)], dim=1),
+        layer_scores=torch.cat([chunks[c][1] for c in range(num_chunks)], dim=2),
         indices=indices,
         query_names=names,
         metadata={**curvature.describe(), "scale_convention": SCALE_CONVENTION,
@@ -216,7 +235,7 @@ def top_k_breakdown(
     per_query: list[dict[int, tuple]] = [dict() for _ in range(top_rows.shape[0])]
     wanted = [set(r.tolist()) for r in top_rows]
     with eval_mode(model), frozen_parameters(model):
-        for sel, batch in iter_batches(data, batch_size, union, dev):
+        for sel, batch in iter_batches(data, batch_size, shard(union), dev):
             a, ds = capture_pass(model, task, curvature.layers, batch, "true")
             for q in range(top_rows.shape[0]):
                 keep = [i for i, r in enumerate(sel.tolist()) if r in wanted[q]]
@@ -228,6 +247,10 @@ def top_k_breakdown(
                                             names, per_token=True)
                 for j, i in enumerate(keep):
                     per_query[q][int(sel[i])] = (layer[j, 0].cpu(), pad_positions(tok[j, 0].cpu(), width))
+    if world_size() > 1:  # each rank scored its shard of the rows: gather them all on every rank
+        for part in all_gather_object(per_query):
+            for q, found in enumerate(part):
+                per_query[q].update(found)
     out = []
     for q, rows in enumerate(top_rows):
         layers = torch.stack([per_query[q][int(r)][0] for r in rows])

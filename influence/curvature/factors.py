@@ -6,6 +6,10 @@ run in the model's dtype. The eigenvalue correction Λ = E_seq[(Q_Sᵀ DW Q_A)²
 first pass's work when it fits in `gradient_cache_mb`, else it runs a
 second pass with the same (index-keyed) sampled labels. What is kept per layer is the smaller
 of the per-sequence gradient DW (P·(M+1)) and the captures ā, Ds (T·(P+M+1)).
+
+Under torch.distributed each rank runs both passes over its shard of the sequences (labels are
+keyed by sequence index, so the split does not change them); the sums are all-reduced, each
+layer is eigendecomposed by one rank and broadcast, so every rank ends with the same factors.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from tqdm import tqdm
 
 from ..batching import by_length, iter_batches, num_rows, sample_indices
 from ..capture import check_finite, eval_mode, frozen_parameters, sequence_gradients
+from ..distributed import all_reduce_sum, broadcast, is_distributed, is_main, rank, shard, world_size
 from ..errors import InfluenceError
 from ..gradients import capture_pass
 from ..modules import TrackedLayer
@@ -74,10 +79,29 @@ class _Accumulator:
             x = ds[:, s:e]
             acc += (x.T @ x).double()
 
+    def all_reduce(self) -> None:
+        all_reduce_sum({str(i): t for i, t in enumerate(self.a + self.s)})
+
     def eigen(self, n_tokens: int, name: str):
         va, qa = zip(*(stable_eigh(b / n_tokens, f"factor A of {name}") for b in self.a))
         vs, qs = zip(*(stable_eigh(b / n_tokens, f"factor S of {name}") for b in self.s))
         return torch.cat(va), torch.block_diag(*qa), torch.cat(vs), torch.block_diag(*qs)
+
+
+def _eigenbasis(accs: dict[str, _Accumulator], layers, n_tokens: int, dev) -> Eigenbasis:
+    """Each layer's eigendecomposition, computed by one rank (layers dealt round-robin) and broadcast to all."""
+    basis = Eigenbasis()
+    for i, l in enumerate(layers):
+        p, m = l.shape
+        if i % world_size() == rank():
+            va, qa, vs, qs = accs[l.name].eigen(n_tokens, l.name)
+        else:
+            f64 = dict(dtype=torch.float64, device=dev)
+            va, qa, vs, qs = torch.empty(m, **f64), torch.empty(m, m, **f64), torch.empty(p, **f64), torch.empty(p, p, **f64)
+        for t in (va, qa, vs, qs):
+            broadcast(t, src=i % world_size())
+        basis.lam_a[l.name], basis.q_a[l.name], basis.lam_s[l.name], basis.q_s[l.name] = va, qa, vs, qs
+    return basis
 
 
 def rotate_sequence_gradients(dw: torch.Tensor, q_s: torch.Tensor, q_a: torch.Tensor) -> torch.Tensor:
@@ -112,6 +136,7 @@ def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_cor
     """Fit eigenbases and, if asked, the per-sequence corrected eigenvalues Λ. Returns (basis, Λ or None, stats)."""
     n = num_rows(data)
     idx = by_length(data, sample_indices(n, config.max_sequences, config.seed))  # sums: order-free
+    mine = shard(idx)  # all of them in a single process
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     accs = {l.name: _Accumulator(l, config.num_blocks, dev) for l in layers}
@@ -119,12 +144,15 @@ def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_cor
         lengths = data["attention_mask"][idx].sum(1)
     else:
         lengths = torch.full((len(idx),), next(iter(data.values())).shape[1] if next(iter(data.values())).dim() > 2 else 1)
-    need = sum(_cached_floats(l, lengths) for l in layers) * torch.finfo(dtype).bits // 8
+    # the largest shard's cache decides for every rank, so all ranks make the same choice
+    need = max(sum(_cached_floats(l, lengths[r::world_size()]) for l in layers) for r in range(world_size())) \
+        * torch.finfo(dtype).bits // 8
     cache = [] if eigenvalue_correction and need <= config.gradient_cache_mb * 2**20 else None
     n_tokens = 0
     with eval_mode(model), frozen_parameters(model):
-        for sel, batch in tqdm(iter_batches(data, config.batch_size, idx, dev), desc="fit: A, S" + (" + Λ" if cache is not None else ""),
-                               total=-(-len(idx) // config.batch_size), unit="batch", mininterval=1.0, dynamic_ncols=True):
+        for sel, batch in tqdm(iter_batches(data, config.batch_size, mine, dev), desc="fit: A, S" + (" + Λ" if cache is not None else ""),
+                               total=-(-len(mine) // config.batch_size), unit="batch", mininterval=1.0, dynamic_ncols=True,
+                               disable=not is_main()):
             task.check_batch(batch)
             a, ds = capture_pass(model, task, layers, batch, config.labels, sel, config.seed)
             mask = task.loss_mask(batch)
@@ -135,12 +163,13 @@ def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_cor
             if cache is not None:
                 cache.append({l.name: (a[l.name], ds[l.name]) if _cached_form(l, a[l.name].shape[1]) == "tokens"
                               else sequence_gradients(a[l.name], ds[l.name]) for l in layers})
+        if is_distributed():
+            for acc in accs.values():
+                acc.all_reduce()
+            n_tokens = int(all_reduce_sum({"n": torch.tensor([n_tokens], dtype=torch.float64, device=dev)})["n"])
         if n_tokens == 0:
             raise InfluenceError("no position of the fitting data carries a loss: sequences need at least two real tokens")
-        basis = Eigenbasis()
-        for l in layers:
-            va, qa, vs, qs = accs[l.name].eigen(n_tokens, l.name)
-            basis.lam_a[l.name], basis.q_a[l.name], basis.lam_s[l.name], basis.q_s[l.name] = va, qa, vs, qs
+        basis = _eigenbasis(accs, layers, n_tokens, dev)
         stats = {"n_sequences": len(idx), "n_tokens": n_tokens, "mean_tokens_per_sequence": n_tokens / len(idx),
                  "token_positions": "loss-bearing positions only (padding and each sequence's last position excluded)",
                  "correction_passes": "0" if not eigenvalue_correction else ("1 (captures kept in memory)" if cache is not None else "2")}
@@ -159,11 +188,13 @@ def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_cor
                         lam[l.name] += (w * w).sum(0).double()
             cache.clear()
         else:
-            for sel, batch in tqdm(iter_batches(data, config.batch_size, idx, dev), desc="fit: Λ", unit="batch",
-                                   total=-(-len(idx) // config.batch_size), mininterval=1.0, dynamic_ncols=True):
+            for sel, batch in tqdm(iter_batches(data, config.batch_size, mine, dev), desc="fit: Λ", unit="batch",
+                                   total=-(-len(mine) // config.batch_size), mininterval=1.0, dynamic_ncols=True,
+                                   disable=not is_main()):
                 a, ds = capture_pass(model, task, layers, batch, config.labels, sel, config.seed)
                 for l in layers:
                     lam[l.name] += _correction_from_tokens(a[l.name], ds[l.name], qa[l.name], qs[l.name])
+        all_reduce_sum(lam)
         for l in layers:
             lam[l.name] /= len(idx)
             check_finite(lam[l.name], f"the corrected eigenvalues of layer {l.name}")
