@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from influence import InfluenceError
+from influence import InfluenceError, distributed
 
 from .timing import take, timed
 
@@ -111,13 +111,13 @@ class Worlds:
         self._cache: dict[str, object] = {}
 
     def get(self, cfg: DictConfig):
-        from .world import build_world
+        from .world import build_world_ranked
 
         key = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["model", "data", "queries", "seed", "paths"]))
         if key not in self._cache:
             self._cache.clear()  # one model in memory at a time
             with timed("world") as labels:
-                world = build_world(cfg)
+                world = build_world_ranked(cfg)
                 labels["model"] = world.name
             world.model.to(cfg.score.device)
             self._cache[key] = world
@@ -138,12 +138,14 @@ def run_section(section: Section, cfg: DictConfig, overrides: list[str], run_dir
     try:
         sub = _compose(section.overrides)
         study = get_study(str(sub.study))
-        tables = study(sub, worlds.get(sub))
-        section.directory.mkdir(parents=True, exist_ok=True)
-        (section.directory / "config.yaml").write_text(OmegaConf.to_yaml(sub), encoding="utf-8")
-        write_tables(tables, section.directory)
-        section.figures = draw_all(tables, section.directory)
-        write_report(section.directory, section.study, section.overrides, tables, section.figures)
+        with distributed.collectively():  # under torchrun a failure on any rank fails the section on all
+            tables = study(sub, worlds.get(sub))
+        if distributed.is_main():  # every rank computed; rank 0 writes
+            section.directory.mkdir(parents=True, exist_ok=True)
+            (section.directory / "config.yaml").write_text(OmegaConf.to_yaml(sub), encoding="utf-8")
+            write_tables(tables, section.directory)
+            section.figures = draw_all(tables, section.directory)
+            write_report(section.directory, section.study, section.overrides, tables, section.figures)
         section.tables, section.status = tables, "ok"
     except InfluenceError as e:
         section.status = f"failed: {e}"
@@ -181,6 +183,8 @@ def run_paper(cfg: DictConfig, run_dir: Path, overrides: list[str], tracker) -> 
     frames = [s.stages for s in sections if s.stages is not None and not s.stages.empty]
     stages = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["stage", "seconds", "study"])
     tables = {"scorecard": card, "timings": timings, "stage_timings": stages, "_summary": pd.DataFrame([summary])}
+    if not distributed.is_main():
+        return Path(run_dir) / "report.md", card
     write_tables(tables, Path(run_dir))
     report = write_paper_report(Path(run_dir), overrides, sections, card, timings)
     figures = [p for s in sections for p in s.figures]

@@ -82,18 +82,26 @@ def main(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     from .report import write_report
     from .studies import get_study
     from .tracking import log_safely, make_tracker
-    from .world import build_world
+    from .world import build_world_ranked
 
     if cfg.score.get("num_threads"):
         torch.set_num_threads(int(cfg.score.num_threads))
     join_ranks(cfg)
     name = str(cfg.get("study", "top_influences"))
+    if name == "paper":  # every study, each in its own folder, and one report with the scorecard
+        from .paper import run_paper
+
+        tracker = make_tracker(cfg) if distributed.is_main() else None
+        run_dir, overrides = run_directory(cfg)
+        report, card = run_paper(cfg, run_dir, overrides, tracker)
+        if not distributed.is_main():
+            return {"scorecard": card}
+        print(card[["study", "finding", "measured", "reproduced"]].to_string(index=False))
+        print(f"\npaper: results in {run_dir} (report: {report}, {report.with_suffix('.html')})")
+        return {"scorecard": card}
     study = get_study(name)
     tracker = make_tracker(cfg) if distributed.is_main() else None  # a bad logger config fails before any work
-    with distributed.collectively():  # rank 0 trains (or prepares) the world first; the others then load it
-        world = build_world(cfg) if distributed.is_main() else None
-    if world is None:
-        world = build_world(cfg)
+    world = build_world_ranked(cfg)  # rank 0 trains (or prepares) the world first; the others then load it
     world.model.to(cfg.score.device)
     tables = study(cfg, world)
     if not distributed.is_main():  # rank 0 writes and logs the results every rank computed

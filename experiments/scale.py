@@ -79,7 +79,7 @@ def non_embedding_params(model) -> int:
 
 def scale_points(cfg: DictConfig, breakdown_k: int | None = None, search: bool = True) -> Iterator[ScalePoint]:
     """Every (size, seed) of `cfg.scale`, smallest size first, each searched (unless `search=False`)."""
-    from .world import build_world
+    from .world import build_world_ranked
 
     sizes, seeds = sizes_and_seeds(cfg)
     for size in sizes:
@@ -89,7 +89,7 @@ def scale_points(cfg: DictConfig, breakdown_k: int | None = None, search: bool =
             sub = point_config(cfg, size, seed)
             log.info("scale point: model %s, seed %d", size, seed)
             with timed("world") as labels:
-                world = build_world(sub)
+                world = build_world_ranked(sub)
                 labels["model"] = world.name
             world.model.to(cfg.score.device)
             found = search_stage(sub, world, breakdown_k=breakdown_k) if search else None

@@ -21,11 +21,13 @@ from influence.distributed import broadcast_object, collectively, is_main
 from influence.fingerprint import config_fingerprint
 from influence.lowrank import plan_query_rank, query_bytes
 from influence.memory import format_memory_plan
-from influence.precision import with_precision
+from influence.precision import with_precision, without_default_precision
 from influence.scan import ScanResult, TopBreakdown, scan, top_k_breakdown
 from influence.storage import load_tensors, save_tensors
 
 from .plan import plan as memory_plan
+
+from .timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +107,10 @@ def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
         raise InfluenceError(f"unknown filter {cfg.filter.name!r}: use filter=none or filter=tfidf")
     indices = candidate_rows(cfg, world) if indices is None else indices
     rank = query_rank(cfg, curvature, len(queries))
-    key = config_fingerprint({"curvature": curvature.describe(), "queries": [(q.name, q.prompt, q.completion) for q in queries],
-                              "rows": indices.tolist(), "rank": rank, "batch": int(cfg.score.batch_size),
-                              "chunk": int(cfg.score.chunk_batches), "precision": str(cfg.score.get("precision", "float32"))})
+    key = config_fingerprint(without_default_precision({
+        "curvature": without_default_precision(curvature.describe()), "queries": [(q.name, q.prompt, q.completion) for q in queries],
+        "rows": indices.tolist(), "rank": rank, "batch": int(cfg.score.batch_size), "chunk": int(cfg.score.chunk_batches),
+        "precision": str(cfg.score.get("precision", "float32"))}))
     out_dir = Path(cfg.paths.output_dir) / "scans" / world.name / key
     shapes = [l.shape for l in curvature.layers]
     memory_mb = query_bytes(shapes, len(queries), rank) / 2**20
@@ -167,9 +170,12 @@ def search_stage(cfg: DictConfig, world, breakdown_k: int | None = None) -> Sear
     All studies scan the same queries and candidates, so a second study on a model reuses the first's scan.
     """
     encode_stage(world)  # bad queries fail before any fitting
-    curvature = fit_stage(cfg, world)
-    result = scan_stage(cfg, world, curvature)
-    tops = breakdown_stage(cfg, world, curvature, result, breakdown_k) if breakdown_k else []
+    with timed("fit", model=world.name):
+        curvature = fit_stage(cfg, world)
+    with timed("scan", model=world.name):
+        result = scan_stage(cfg, world, curvature)
+    with timed("breakdown", model=world.name):
+        tops = breakdown_stage(cfg, world, curvature, result, breakdown_k) if breakdown_k else []
     return Search(curvature, result, tops)
 
 

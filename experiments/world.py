@@ -111,3 +111,15 @@ def build_world(cfg: DictConfig) -> World:
 def heldout_facts(cfg: DictConfig):
     """Fictional facts absent from the embedded corpus (for the word-order study); None for local corpora."""
     return prepare_data(cfg).heldout
+
+
+def build_world_ranked(cfg: DictConfig) -> World:
+    """`build_world` under torchrun: rank 0 trains (or prepares) the world first, the others then load it.
+
+    In a single process it is `build_world`.
+    """
+    from influence import distributed
+
+    with distributed.collectively():
+        world = build_world(cfg) if distributed.is_main() else None
+    return world if world is not None else build_world(cfg)

@@ -11,7 +11,7 @@ from torch import nn
 def _update_tensor(h, t: torch.Tensor) -> None:
     t = t.detach().cpu().contiguous()
     h.update(str((tuple(t.shape), str(t.dtype))).encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
 
 
 def tensors_fingerprint(tensors: dict[str, torch.Tensor]) -> str:

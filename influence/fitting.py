@@ -16,6 +16,7 @@ from .curvature import Curvature, get_curvature_class, make_config
 from .distributed import broadcast_object, collectively, is_main
 from .errors import InfluenceError
 from .fingerprint import combine, config_fingerprint, model_fingerprint, tensors_fingerprint
+from .precision import without_default_precision
 from .modules import TrackedLayer, find_tracked_layers
 from .storage import load_tensors, save_tensors
 
@@ -42,7 +43,8 @@ def fit_curvature(
     if cache_dir is not None and cls.cacheable:
         model_fp = model_fingerprint(model)
         fit_fp = combine(model_fp, tensors_fingerprint(data),
-                         config_fingerprint({"method": method, "options": options, "layers": [l.name for l in layers],
+                         config_fingerprint({"method": method, "options": without_default_precision(options),
+                                             "layers": [l.name for l in layers],
                                              "task": type(task).__name__}))
         path = Path(cache_dir) / f"{method}-{fit_fp}.safetensors"
         if broadcast_object(path.exists()):  # rank 0's view, so that no rank fits alone

@@ -68,3 +68,9 @@ def with_precision(task: Task, precision: str = "float32") -> Task:
     if isinstance(task, AutocastTask):
         task = task.task
     return AutocastTask(task, precision)
+
+
+def without_default_precision(settings: dict) -> dict:
+    """`settings` without a `precision` that is the float32 default, for cache keys: a float32 run keys its
+    factors and scans exactly as before precision existed, so caches made then stay valid."""
+    return {k: v for k, v in settings.items() if not (k == "precision" and str(v) == "float32")}

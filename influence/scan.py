@@ -27,6 +27,7 @@ from .curvature import Curvature
 from .distributed import all_gather_object, collectively, is_main, shard, world_size
 from .errors import InfluenceError
 from .fingerprint import config_fingerprint, model_fingerprint, tensors_fingerprint
+from .precision import without_default_precision
 from .gradients import capture_pass
 from .lowrank import low_rank_queries
 from .scoring import SCALE_CONVENTION, precondition_queries, score_captured
@@ -90,7 +91,8 @@ def _preconditioned(model, task, curvature, queries, device):
 def _manifest(model, curvature, queries, names, data, indices, rank, batch_size, chunk_batches) -> dict:
     return {
         "model": model_fingerprint(model),
-        "curvature": config_fingerprint({**curvature.describe(), "state": tensors_fingerprint(curvature.state())}),
+        "curvature": config_fingerprint({**without_default_precision(curvature.describe()),
+                                         "state": tensors_fingerprint(curvature.state())}),
         "queries": tensors_fingerprint({**{k: v.cpu() for k, v in queries.items()}}) + ":" + config_fingerprint(names),
         "candidates": tensors_fingerprint({"indices": indices, **{k: v[indices] for k, v in data.items()}}),
         "query_rank": "full" if rank is None else int(rank),

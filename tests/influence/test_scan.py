@@ -45,6 +45,18 @@ def test_scan_matches_compute_scores_and_breakdowns_sum(tmp_path):
         scan(model, task, curv, q, data, tmp_path, batch_size=4, chunk_batches=2, query_rank=2, progress=False)
 
 
+@pytest.mark.parametrize("method", ["kfac", "lissa", "identity"])
+def test_every_curvature_scans_like_compute_scores(tmp_path, method):
+    """K-FAC keeps a 0-dim state tensor (tokens per sequence): the scan's fingerprint must hash it too."""
+    model, task = neox(), LanguageModelTask()
+    data, q = token_data(11, 7), query_batch(2, 4, 3)
+    opts = {"depth": 5, "batch_size": 4} if method == "lissa" else {}
+    curv = fit_curvature(model, task, data, method=method, **opts)
+    ref = compute_scores(model, task, curv, q, data)
+    res = scan(model, task, curv, q, data, tmp_path, batch_size=4, progress=False)
+    assert torch.allclose(res.scores, ref.scores.float(), rtol=1e-5, atol=1e-9)
+
+
 def test_resume_refuses_a_checkpoint_of_another_model_or_query_set(tmp_path):
     model, task = neox(), LanguageModelTask()
     data, q = token_data(12, 7), query_batch(2, 3, 2)
