@@ -36,8 +36,9 @@ def test_trends_need_the_right_sign_and_ends():
     assert _row(scorecard({"cross_lingual": flat}), "cross_lingual", "rises")["reproduced"] == "no"
     down = _summary(jaccard_smallest=0.3, jaccard_largest=0.1, jaccard_vs_size_spearman=-0.7,
                     distractor_share_smallest=0.4, distractor_share_largest=0.5)
-    card = scorecard({"abstraction": down})
+    card = scorecard({"abstraction": {"_summary": down["_summary"].assign(top_score_vs_size_spearman=0.4)}})
     assert _row(card, "abstraction", "Token overlap")["reproduced"] == "yes"
+    assert _row(card, "abstraction", "Top influence")["reproduced"] == "no"
     assert _row(card, "abstraction", "distractors")["reproduced"] == "no"
 
 
