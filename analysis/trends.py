@@ -32,6 +32,12 @@ def at_size(table: pd.DataFrame, value: str, which: str) -> float:
     return float(table.loc[table["size_order"] == order, value].mean())
 
 
+def trend(table: pd.DataFrame, value: str, name: str, rho_name: str | None = None) -> dict[str, float]:
+    """The summary keys of one scale trend: `<name>_smallest`, `<name>_largest`, `<rho_name>_vs_size_spearman`."""
+    return {f"{name}_smallest": at_size(table, value, "smallest"), f"{name}_largest": at_size(table, value, "largest"),
+            f"{rho_name or name}_vs_size_spearman": sweep_spearman(table, value)}
+
+
 def shares(top: pd.DataFrame, column: str, keys: list[str] | None = None) -> pd.DataFrame:
     """Share of each value of `column` among the rows of each group (default: sweep point × query), long format:
     keys, `of` (the column), `label` (its value), `share`; the shares of a group sum to 1."""

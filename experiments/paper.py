@@ -9,6 +9,7 @@ sections together in the paper's order, with the scorecard (analysis/scorecard.p
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import traceback
@@ -85,10 +86,15 @@ def _compose(overrides: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=overrides)
 
 
+@functools.lru_cache(maxsize=None)
+def _preset(study: str) -> DictConfig:
+    """A study's config as its preset alone composes it (read-only: which keys it has)."""
+    return _compose([f"experiment={study}"])
+
+
 def study_overrides(study: str, cfg: DictConfig, overrides: list[str]) -> list[str]:
     """The overrides a study runs with: its preset, the command line's that apply to it, and the paper's for it."""
-    preset = _compose([f"experiment={study}"])
-    mine = [o for o in overrides if _applies(preset, o)]
+    mine = [o for o in overrides if _applies(_preset(study), o)]
     extra = list(cfg.paper.get("overrides", {}).get(study) or [])
     if study in SCALE_STUDIES:
         extra = list(cfg.paper.get("scale_overrides") or []) + extra
@@ -97,7 +103,7 @@ def study_overrides(study: str, cfg: DictConfig, overrides: list[str]) -> list[s
 
 def check_overrides(studies: list[str], overrides: list[str]) -> None:
     """Every command-line key must belong to some study's config: a typo fails before an hour of work."""
-    presets = [_compose([f"experiment={s}"]) for s in studies]
+    presets = [_preset(s) for s in studies]
     bad = [o for o in overrides if _key(o).split(".", 1)[0] not in ("experiment", "paper", "hydra") and "/" not in _key(o)
            and not any(_applies(p, o) for p in presets)]
     if bad:

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from influence import InfluenceError
@@ -36,6 +35,7 @@ class ScalePoint:
     params: int    # non-embedding parameters (the paper's x axis)
     world: object
     search: Search | None
+    cfg: DictConfig | None = None  # the run's config with this point's model and seed
 
     @property
     def key(self) -> dict:
@@ -93,11 +93,6 @@ def scale_points(cfg: DictConfig, breakdown_k: int | None = None, search: bool =
                 labels["model"] = world.name
             world.model.to(cfg.score.device)
             found = search_stage(sub, world, breakdown_k=breakdown_k) if search else None
-            yield ScalePoint(size, order, seed, non_embedding_params(world.model), world, found)
+            yield ScalePoint(size, order, seed, non_embedding_params(world.model), world, found, sub)
             del world, found
             gc.collect()
-
-
-def scale_table(points: list[dict]) -> pd.DataFrame:
-    """The models of a sweep, one row each (size, order, seed, parameters, model name)."""
-    return pd.DataFrame(points)

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from analysis.overlap import bm25_percentiles, token_jaccard
-from analysis.trends import POINT, at_size, share_of, shares, sweep_spearman
+from analysis.trends import POINT, at_size, share_of, shares, sweep_spearman, trend
 from influence.filtering import BM25Index
 
 from ..scale import scale_points
@@ -50,10 +50,8 @@ def point_table(top: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary(points: pd.DataFrame) -> dict:
-    return {"jaccard_vs_size_spearman": sweep_spearman(points, "jaccard"),
+    return {**trend(points, "jaccard", "jaccard"),
             "bm25_percentile_vs_size_spearman": sweep_spearman(points, "bm25_percentile"),
-            "jaccard_smallest": at_size(points, "jaccard", "smallest"),
-            "jaccard_largest": at_size(points, "jaccard", "largest"),
             "top_score_vs_size_spearman": sweep_spearman(points, "top_score"),
             "distractor_share_smallest": at_size(points, "distractor_share", "smallest"),
             "distractor_share_largest": at_size(points, "distractor_share", "largest")}

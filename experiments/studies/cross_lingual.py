@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.trends import at_size, sweep_spearman
+from analysis.trends import trend
 from influence import InfluenceError
 
 from ..scale import scale_points
@@ -108,9 +108,7 @@ def heatmap_table(keys: list[dict], scores: list[dict]) -> pd.DataFrame:
 
 
 def summary(ratio: pd.DataFrame) -> dict:
-    return {"cross_lingual_vs_size_spearman": sweep_spearman(ratio, "ratio"),
-            "cross_lingual_smallest": at_size(ratio, "ratio", "smallest"),
-            "cross_lingual_largest": at_size(ratio, "ratio", "largest")}
+    return trend(ratio, "ratio", "cross_lingual")
 
 
 @register("cross_lingual")

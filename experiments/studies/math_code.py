@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis.relatedness import RELATED, classify
-from analysis.trends import POINT, at_size, share_of, shares, sweep_spearman
+from analysis.trends import POINT, share_of, shares, trend
 from influence import InfluenceError
 
 from ..scale import scale_points
@@ -42,12 +42,8 @@ def point_table(top: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary(points: pd.DataFrame) -> dict:
-    return {"spurious_share_smallest": at_size(points, "spurious_share", "smallest"),
-            "spurious_share_largest": at_size(points, "spurious_share", "largest"),
-            "spurious_vs_size_spearman": sweep_spearman(points, "spurious_share"),
-            "related_share_smallest": at_size(points, "related_share", "smallest"),
-            "related_share_largest": at_size(points, "related_share", "largest"),
-            "related_vs_size_spearman": sweep_spearman(points, "related_share")}
+    return {**trend(points, "spurious_share", "spurious_share", "spurious"),
+            **trend(points, "related_share", "related_share", "related")}
 
 
 @register("math_code")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.trends import POINT, at_size, share_of, shares, sweep_spearman
+from analysis.trends import POINT, at_size, share_of, shares, trend
 
 from ..scale import scale_points
 from . import register
@@ -18,9 +18,7 @@ def point_table(top: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary(points: pd.DataFrame) -> dict:
-    return {"ai_share_smallest": at_size(points, "ai_share", "smallest"),
-            "ai_share_largest": at_size(points, "ai_share", "largest"),
-            "ai_vs_size_spearman": sweep_spearman(points, "ai_share"),
+    return {**trend(points, "ai_share", "ai_share", "ai"),
             "scifi_share_smallest": at_size(points, "scifi_share", "smallest"),
             "scifi_share_largest": at_size(points, "scifi_share", "largest")}
 

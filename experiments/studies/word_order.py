@@ -28,7 +28,7 @@ from influence.scoring import SCALE_CONVENTION
 from ..corpus.facts import Fact, word_order_partitions
 from ..corpus.languages import FACT_TEMPLATES, FLIPPED_FACT_TEMPLATES
 from ..prepare import prepare_data
-from ..scale import point_config, scale_points
+from ..scale import scale_points
 from ..sequences import document_rows, encode, pad
 from ..stages import encode_stage, fit_stage, select_queries
 from . import register
@@ -145,7 +145,7 @@ def run(cfg, world) -> dict[str, pd.DataFrame]:
     seqs = synthetic_sequences(facts, irrelevant)
     rows, models, damping, curvature = [], [], [], None
     for point in scale_points(cfg, search=False):  # only the curvature is needed: no scan of the corpus
-        curvature = fit_stage(point_config(cfg, point.size, point.seed), point.world)
+        curvature = fit_stage(point.cfg, point.world)
         scores = hypothetical_scores(cfg, point.world, curvature, queries, seqs["text"].tolist())
         rows += point_rows(point.key, selected, seqs, scores)
         models.append(point.world.name)
