@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .batching import iter_batches, num_rows
+from .batching import num_rows
 from .capture import eval_mode, frozen_parameters
 from .curvature.factors import eigenbasis_ihvp
 from .errors import InfluenceError
@@ -90,6 +90,81 @@ def bregman_divergence(task: Task, outputs: torch.Tensor, reference: torch.Tenso
                          "ClassificationTask and LanguageModelTask")
 
 
+class _SoftmaxKL(torch.autograd.Function):
+    """Σ_rows KL(p_s ‖ softmax(z)) with its gradient softmax(z) − p_s formed in the forward pass.
+
+    Same cancellation-free value as `_softmax_kl`, and the gradient in the same spirit: with δ centred under
+    p_s, e = expm1(δ) and S = Σ p_s e, softmax(z) − p_s = p_s (e − S)/(1 + S). A handful of passes over the
+    (rows, vocabulary) tensors instead of autograd's chain of them: these dominate a small LM's evaluation."""
+
+    @staticmethod
+    def forward(ctx, z, z_s, p_s):
+        d = z - z_s
+        d -= torch.einsum("nv,nv->n", p_s, d).unsqueeze(-1)
+        e = torch.expm1(d)
+        s = torch.einsum("nv,nv->n", p_s, e).unsqueeze(-1)
+        kl = torch.log1p(torch.einsum("nv,nv->n", p_s, e - d)).sum()
+        ctx.save_for_backward(e.sub_(s).mul_(p_s).div_(1 + s))
+        return kl
+
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        return grad * g, None, None
+
+
+@dataclass
+class _BregmanChunk:
+    """One batch of Bregman rows, trimmed of all-padding columns, with the original model's softmax outputs at its
+    loss-bearing positions (LM) or rows (classification) precomputed: every evaluation reuses them."""
+
+    batch: dict
+    select: torch.Tensor | None  # (B, T) bool loss positions of an LM batch; None: every row
+    reference: torch.Tensor      # h_s at the selected positions (logits; predictions for regression)
+    p_s: torch.Tensor | None     # softmax(reference) for softmax tasks
+
+
+def _trim(task: Task, batch: dict) -> dict:
+    """Drop the trailing columns that are padding in every sequence: a causal LM's outputs at the other
+    positions do not depend on them, so the divergence is unchanged and the vocabulary-wide work shrinks."""
+    if not isinstance(task, LanguageModelTask):
+        return batch
+    t = batch["attention_mask"].shape[1]
+    live = batch["attention_mask"].bool().any(0).nonzero()
+    keep = int(live.max()) + 1 if len(live) else 1
+    return {k: (v[:, :keep] if v.dim() >= 2 and v.shape[1] == t else v) for k, v in batch.items()}
+
+
+def _bregman_chunks(task: Task, model, data: dict, batch_size: int, cast) -> list[_BregmanChunk]:
+    """The Bregman rows in batches, LM sequences sorted by length so that trimming removes most padding."""
+    order = torch.arange(num_rows(data))
+    if isinstance(task, LanguageModelTask):
+        order = torch.argsort(data["attention_mask"].sum(1), stable=True)
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = _trim(task, cast({k: v[rows] for k, v in data.items()}))
+            out = task.forward(model, batch).detach()
+            select = None
+            if isinstance(task, LanguageModelTask):
+                select = task.loss_mask(batch)
+                out = out[select]
+            p_s = torch.softmax(out, -1) if isinstance(task, (ClassificationTask, LanguageModelTask)) else None
+            chunks.append(_BregmanChunk(batch, select, out, p_s))
+    return chunks
+
+
+def _chunk_divergence(task: Task, model, chunk: _BregmanChunk) -> torch.Tensor:
+    """Σ over the chunk's rows of D(h(θ), h_s), differentiable in θ."""
+    out = task.forward(model, chunk.batch)
+    if chunk.select is not None:
+        out = out[chunk.select]
+    if chunk.p_s is None:
+        return 0.5 * ((out - chunk.reference) ** 2).sum()
+    return _SoftmaxKL.apply(out, chunk.reference, chunk.p_s)
+
+
 def per_row_measurement(model, task: Task, queries: dict) -> torch.Tensor:
     """f of each query row, (Q,)."""
     with torch.no_grad():
@@ -136,8 +211,8 @@ class _Problem:
         grads = [torch.zeros_like(p) for p in self.params]
         value = 0.0
         with torch.enable_grad():
-            for batch, ref in self.chunks:
-                d = bregman_divergence(self.task, self.task.forward(self.model, batch), ref, batch) / self.n
+            for chunk in self.chunks:
+                d = _chunk_divergence(self.task, self.model, chunk) / self.n
                 value += float(d.detach()) / eps ** 2
                 for g, gi in zip(grads, torch.autograd.grad(d, self.params)):
                     g.add_(gi)
@@ -327,11 +402,9 @@ def pbrf_scores(
         with eval_mode(work), frozen_parameters(work):
             for p in params:
                 p.requires_grad_(True)
-            with torch.no_grad():
-                chunks = [(cast(b), task.forward(work, cast(b)).detach())
-                          for _, b in iter_batches(bregman_data, batch_size)]
+            chunks = _bregman_chunks(task, work, bregman_data, batch_size, cast)
             for j, m in enumerate(indices.tolist()):
-                row = cast({k: v[m : m + 1] for k, v in train_data.items()})
+                row = _trim(task, cast({k: v[m : m + 1] for k, v in train_data.items()}))
                 problem = _Problem(work, task, params, theta_s, lam, chunks, n_bregman, row, epsilon)
                 problem.precondition = precondition
                 f = []

@@ -6,7 +6,7 @@ from torch import nn
 
 from influence import (ClassificationTask, InfluenceError, LanguageModelTask, RegressionTask, compute_scores,
                        find_tracked_layers, fit_curvature)
-from influence.pbrf import pbrf_scores
+from influence.pbrf import _bregman_chunks, _chunk_divergence, bregman_divergence, pbrf_scores
 
 from .tiny import gpt2, query_batch, token_data
 
@@ -186,6 +186,34 @@ def test_language_model_pbrf_in_float64_copy_is_linear_and_leaves_the_model_unto
         assert torch.equal(v, before[k]), k
     ek = compute_scores(model, task, curv, queries, data, indices=torch.arange(2)).scores.double()
     assert torch.sign(ek).eq(torch.sign(a.scores)).float().mean() >= 0.5
+
+
+def test_fast_bregman_term_equals_the_plain_divergence_on_ragged_sequences_and_classes():
+    """Sorting by length, trimming all-padding columns and the fused KL change neither the value nor its gradient."""
+    classifier, table, _, _ = trained(ClassificationTask(), 3, steps=5)
+    for task, model, data in [(LanguageModelTask(), gpt2(seed=4), token_data(7, 12, seed=8)),
+                              (ClassificationTask(), classifier, table)]:
+        params = [p for l in find_tracked_layers(model, patterns=[r"^layers\.\d+$"] if isinstance(task, ClassificationTask)
+                                                  else None) for p in l.parameters()]
+        chunks = _bregman_chunks(task, model, data, 3, lambda b: b)
+        if isinstance(task, LanguageModelTask):  # trimmed: the longest sequence of each chunk sets its width
+            assert any(c.batch["input_ids"].shape[1] < 12 for c in chunks)
+        with torch.no_grad():
+            ref = task.forward(model, data)
+            for p in params:
+                p.add_(1e-2 * torch.randn_like(p))
+        with torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            plain = bregman_divergence(task, task.forward(model, data), ref, data)
+            fast = sum(_chunk_divergence(task, model, c) for c in chunks)
+            g_plain = torch.autograd.grad(plain, params)
+            g_fast = torch.autograd.grad(fast, params)
+            for p in params:
+                p.requires_grad_(False)
+        assert plain > 0 and torch.allclose(fast, plain, rtol=1e-10, atol=0)
+        for a, b in zip(g_fast, g_plain):
+            assert torch.allclose(a, b, rtol=1e-8, atol=1e-14)
 
 
 def test_bad_inputs_are_refused_in_one_line():
