@@ -48,7 +48,8 @@ DEFAULTS = {
     "epsilon": 1e-3,
     "lissa": {"depth": 500, "batch_size": 32},
     "pbrf": {"optimizer": "lbfgs", "lr": 0.01, "max_steps": 3000, "tol": 1e-3, "patience": 20, "history": 100,
-             "precondition": "none"},  # "ekfac": optimizer variables preconditioned by EK-FAC (same minimizer and test)
+             "precondition": "none",  # "ekfac": optimizer variables preconditioned by EK-FAC (same minimizer and test)
+             "warm_start": "none"},   # "mirror": the −ε solve starts at the +ε solution reflected through θs
     "linearity_rows": 10,   # scored rows re-solved at ε/2 (0: no check, and pbrf_linear is False)
     "linearity_tol": 0.05,  # ‖s(ε) − s(ε/2)‖ / ‖s(ε/2)‖ above this: the PBRF is not in its linear regime
     "tabular": {},          # per tabular task: max_train_points, bregman_rows, epsilon, hidden, activation, ...
@@ -157,6 +158,7 @@ def compare(model, task, layers, fit_data, score_data, score_rows, queries, quer
             f"{task_name}/pbrf_epsilon": truth.epsilon,
             f"{task_name}/pbrf_optimizer": truth.metadata["optimizer"],
             f"{task_name}/pbrf_preconditioner": truth.metadata["preconditioner"],
+            f"{task_name}/pbrf_warm_start": truth.metadata["warm_start"],
             f"{task_name}/pbrf_max_steps": int(truth.metadata["max_steps"]),
             f"{task_name}/bregman_rows": truth.metadata["n_bregman"],
             f"{task_name}/n_train_points": len(score_rows),

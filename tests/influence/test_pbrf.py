@@ -115,6 +115,24 @@ def test_ekfac_preconditioning_changes_the_path_not_the_answer():
             model, task, train, method="identity", layers=layers), **kw)
 
 
+@pytest.mark.parametrize("precondition", [False, True], ids=["plain", "ekfac"])
+def test_mirrored_warm_start_shortens_the_minus_epsilon_solve_not_its_answer(precondition):
+    task = RegressionTask()
+    model, train, test, layers = trained(task, 1)
+    damping = {l.name: 1e-3 for l in layers}
+    ek = fit_curvature(model, task, train, method="ekfac", layers=layers) if precondition else None
+    kw = dict(indices=torch.arange(4), layers=layers, epsilon=1e-3, optimizer="lbfgs", tol=1e-5, max_steps=3000,
+              preconditioner=ek)
+    cold = pbrf_scores(model, task, train, test, damping, **kw)
+    warm = pbrf_scores(model, task, train, test, damping, warm_start="mirror", **kw)
+    assert cold.converged and warm.converged and warm.metadata["warm_start"] == "mirror"
+    assert (warm.scores - cold.scores).norm() / cold.scores.norm() < 1e-3
+    assert torch.equal(warm.steps[:, 0], cold.steps[:, 0])  # +ε starts at θs either way
+    assert warm.steps[:, 1].sum() < cold.steps[:, 1].sum()
+    with pytest.raises(InfluenceError, match="warm_start must be"):
+        pbrf_scores(model, task, train, test, damping, warm_start="linear", **kw)
+
+
 def test_central_differences_at_epsilon_and_half_agree_and_parameters_are_restored():
     task = RegressionTask()
     model, train, test, layers = trained(task, 1)
