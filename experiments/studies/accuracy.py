@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 from scipy import stats
+from tqdm import tqdm
 
 from influence import InfluenceError, LanguageModelTask, compute_scores, fit_curvature
 from influence.batching import sample_indices
@@ -112,8 +113,9 @@ def compare(model, task, layers, fit_data, score_data, score_rows, queries, quer
     if precondition == "ekfac":
         options["preconditioner"] = fitted["ekfac"][0]
     t0 = time.perf_counter()
-    truth = pbrf_scores(model, task, score_data, queries, damping, bregman_data=fit_data, indices=score_rows,
-                        layers=layers, **options)
+    with tqdm(total=len(score_rows), desc=f"{task_name} PBRF", unit="row", mininterval=5.0) as bar:
+        truth = pbrf_scores(model, task, score_data, queries, damping, bregman_data=fit_data, indices=score_rows,
+                            layers=layers, progress=bar.update, **options)
     pbrf_seconds = time.perf_counter() - t0
     log.info("%s PBRF: %.1fs, evaluations per solve %.0f (max %d), gradient ratio max %.3g (tol %g)", task_name,
              pbrf_seconds, float(truth.steps.double().mean()), int(truth.steps.max()), float(truth.grad_norm.max()),
@@ -123,8 +125,10 @@ def compare(model, task, layers, fit_data, score_data, score_rows, queries, quer
     half_diff, half_converged = math.nan, False
     if k > 0:
         t1 = time.perf_counter()
-        half = pbrf_scores(model, task, score_data, queries, damping, bregman_data=fit_data, indices=score_rows[:k],
-                           layers=layers, **{**options, "epsilon": truth.epsilon / 2})
+        with tqdm(total=k, desc=f"{task_name} PBRF at ε/2", unit="row", mininterval=5.0) as bar:
+            half = pbrf_scores(model, task, score_data, queries, damping, bregman_data=fit_data,
+                               indices=score_rows[:k], layers=layers, progress=bar.update,
+                               **{**options, "epsilon": truth.epsilon / 2})
         ref = half.scores.norm()
         half_diff = float((truth.scores[:, :k] - half.scores).norm() / ref) if ref > 0 else math.nan
         half_converged = half.converged
