@@ -8,7 +8,7 @@ import pandas as pd
 from influence.storage import atomic_write
 
 #: tables too long to be read in a report (they stay in the run directory)
-LONG = {"scores", "top_tokens", "token_heatmap", "layer_blocks", "word_order_scores"}
+LONG = {"scores", "top_tokens", "token_heatmap", "layer_blocks", "word_order_scores", "accuracy_scores"}
 
 
 def markdown_table(df: pd.DataFrame, max_rows: int = 15, max_chars: int = 60) -> str:

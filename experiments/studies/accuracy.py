@@ -15,6 +15,9 @@ solved again at ε/2, whose central differences must agree with ε's to `lineari
 task that fails either check is not dropped or fatal: its correlations are still computed, but every
 row of the tables carries `pbrf_converged` / `pbrf_linear` = False, the achieved gradient ratio and the
 ε vs ε/2 disagreement, the figures label it, and the metadata lists it under `pbrf_unverified_tasks`.
+With `tolerance_rows` > 0 the first rows are also solved to tol/10 and the relative change of their scores is
+reported (`pbrf_tol10_rel_diff`): the ground truth's own truncation error at the chosen tolerance.
+Every score (each method's and the PBRF's, per test point and training row) is kept in `accuracy_scores`.
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ DEFAULTS = {
              "warm_start": "none"},   # "mirror": the −ε solve starts at the +ε solution reflected through θs
     "linearity_rows": 10,   # scored rows re-solved at ε/2 (0: no check, and pbrf_linear is False)
     "linearity_tol": 0.05,  # ‖s(ε) − s(ε/2)‖ / ‖s(ε/2)‖ above this: the PBRF is not in its linear regime
+    "tolerance_rows": 0,    # scored rows re-solved at tol/10: how far the ground truth moves when solved tighter
     "tabular": {},          # per tabular task: max_train_points, bregman_rows, epsilon, hidden, activation, ...
     "lm_train_sequences": 20,
     "lm_queries": 5,
@@ -77,8 +81,8 @@ def settings(cfg) -> dict:
         out[k] = {**v, **(u or {})} if isinstance(v, dict) else u
     if int(out["n_test_points"]) < 1 or int(out["lm_queries"]) < 1 or int(out["lm_train_sequences"]) < 3:
         raise InfluenceError("accuracy needs n_test_points >= 1, lm_queries >= 1 and lm_train_sequences >= 3")
-    if int(out["linearity_rows"]) < 0 or not float(out["linearity_tol"]) > 0:
-        raise InfluenceError("accuracy needs linearity_rows >= 0 and linearity_tol > 0")
+    if int(out["linearity_rows"]) < 0 or not float(out["linearity_tol"]) > 0 or int(out["tolerance_rows"]) < 0:
+        raise InfluenceError("accuracy needs linearity_rows >= 0, tolerance_rows >= 0 and linearity_tol > 0")
     return out
 
 
@@ -90,8 +94,10 @@ def _correlations(est: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]
 
 
 def compare(model, task, layers, fit_data, score_data, score_rows, queries, query_names, methods, method_options,
-            pbrf_options, task_name, linearity_rows: int = 10, linearity_tol: float = 0.05) -> tuple[list[dict], dict]:
-    """Every estimator and the PBRF on (queries × score_rows): one row per (method, query), and PBRF stats."""
+            pbrf_options, task_name, linearity_rows: int = 10, linearity_tol: float = 0.05,
+            tolerance_rows: int = 0) -> tuple[list[dict], dict, pd.DataFrame]:
+    """Every estimator and the PBRF on (queries × score_rows): one row per (method, query), PBRF stats, and
+    every score (long: task, test point, training row, method incl. "pbrf")."""
     if "ekfac" not in methods:
         raise InfluenceError("accuracy.methods must include ekfac: its per-layer damping defines the PBRF target")
     fitted, seconds = {}, {}
@@ -134,6 +140,20 @@ def compare(model, task, layers, fit_data, score_data, score_rows, queries, quer
         half_converged = half.converged
         log.info("%s PBRF at ε/2 on %d rows: relative difference %.3g (%.1fs)", task_name, k, half_diff,
                  time.perf_counter() - t1)
+    # truncation: the first rows solved to a tenth of the tolerance; how far the ground truth moves
+    kt = min(int(tolerance_rows), len(score_rows))
+    tight_diff, tight_ratio = math.nan, math.nan
+    if kt > 0:
+        t1 = time.perf_counter()
+        with tqdm(total=kt, desc=f"{task_name} PBRF at tol/10", unit="row", mininterval=5.0) as bar:
+            tight = pbrf_scores(model, task, score_data, queries, damping, bregman_data=fit_data,
+                                indices=score_rows[:kt], layers=layers, progress=bar.update,
+                                **{**options, "tol": float(options["tol"]) / 10})
+        ref = tight.scores.norm()
+        tight_diff = float((truth.scores[:, :kt] - tight.scores).norm() / ref) if ref > 0 else math.nan
+        tight_ratio = float(tight.grad_norm.max())
+        log.info("%s PBRF at tol/10 on %d rows: relative difference %.3g, gradient ratio max %.3g (%.1fs)", task_name,
+                 kt, tight_diff, tight_ratio, time.perf_counter() - t1)
     converged = bool(truth.converged and (half_converged or k == 0))
     linear = bool(k > 0 and half_diff <= float(linearity_tol))
     if not (converged and linear):
@@ -152,6 +172,8 @@ def compare(model, task, layers, fit_data, score_data, score_rows, queries, quer
     info = {f"{task_name}/pbrf_seconds": pbrf_seconds,
             f"{task_name}/pbrf_evaluations_mean": float(truth.steps.double().mean()),
             f"{task_name}/pbrf_evaluations_max": int(truth.steps.max()),
+            f"{task_name}/pbrf_evaluations_mean_plus": float(truth.steps[:, 0].double().mean()),
+            f"{task_name}/pbrf_evaluations_mean_minus": float(truth.steps[:, 1].double().mean()),
             f"{task_name}/pbrf_grad_ratio_max": float(truth.grad_norm.max()),
             f"{task_name}/pbrf_tol": float(truth.metadata["tol"]),
             f"{task_name}/pbrf_solves_unconverged": int((truth.grad_norm > float(truth.metadata["tol"])).sum()),
@@ -159,6 +181,9 @@ def compare(model, task, layers, fit_data, score_data, score_rows, queries, quer
             f"{task_name}/pbrf_linear": linear,
             f"{task_name}/pbrf_eps_half_rel_diff": half_diff,
             f"{task_name}/pbrf_eps_half_rows": k,
+            f"{task_name}/pbrf_tol10_rel_diff": tight_diff,
+            f"{task_name}/pbrf_tol10_grad_ratio_max": tight_ratio,
+            f"{task_name}/pbrf_tol10_rows": kt,
             f"{task_name}/pbrf_epsilon": truth.epsilon,
             f"{task_name}/pbrf_optimizer": truth.metadata["optimizer"],
             f"{task_name}/pbrf_preconditioner": truth.metadata["preconditioner"],
@@ -175,7 +200,12 @@ def compare(model, task, layers, fit_data, score_data, score_rows, queries, quer
     if "lissa" in fitted:
         info[f"{task_name}/lissa_scale"] = fitted["lissa"][0].info.get("scale", "")
         info[f"{task_name}/lissa_final_relative_step_max"] = fitted["lissa"][0].diagnostics.get("final_relative_step", "")
-    return rows, info
+    train_rows = [int(r) for r in score_rows]
+    scores = pd.DataFrame([
+        {"task": task_name, "test_point": qname, "train_row": r, "method": method, "score": float(mat[qi, j])}
+        for method, mat in [("pbrf", truth.scores)] + [(m, fitted[m][1]) for m in methods]
+        for qi, qname in enumerate(query_names) for j, r in enumerate(train_rows)])
+    return rows, info, scores
 
 
 def _method_options(s: dict, methods: list[str], seed: int, lissa: dict) -> dict:
@@ -185,7 +215,7 @@ def _method_options(s: dict, methods: list[str], seed: int, lissa: dict) -> dict
     return opts
 
 
-def tabular_task(name: str, s: dict, cfg) -> tuple[list[dict], dict]:
+def tabular_task(name: str, s: dict, cfg) -> tuple[list[dict], dict, pd.DataFrame]:
     seed = int(cfg.seed)
     per = dict(s["tabular"].get(name) or {})
     unknown = sorted(set(per) - {"max_train_points", "bregman_rows", "epsilon", "n_test_points", *_TABULAR_BUILD_KEYS})
@@ -203,17 +233,17 @@ def tabular_task(name: str, s: dict, cfg) -> tuple[list[dict], dict]:
     queries = {k: v[test_rows] for k, v in problem.test.items()}
     methods = list(s["methods"])
     pbrf = {**s["pbrf"], "epsilon": float(per.get("epsilon", s["epsilon"]))}
-    out, info = compare(problem.model, problem.task, problem.layers, fit_data, problem.train, rows, queries,
-                        [f"test_{int(i)}" for i in test_rows], methods,
-                        _method_options(s, methods, seed, s["lissa"]), pbrf, name, int(s["linearity_rows"]),
-                        float(s["linearity_tol"]))
+    out, info, scores = compare(problem.model, problem.task, problem.layers, fit_data, problem.train, rows, queries,
+                                [f"test_{int(i)}" for i in test_rows], methods,
+                                _method_options(s, methods, seed, s["lissa"]), pbrf, name, int(s["linearity_rows"]),
+                                float(s["linearity_tol"]), int(s["tolerance_rows"]))
     info[f"{name}/model"] = (f"MLP {problem.info['hidden']} {problem.info['activation']}, weight decay "
                              f"{problem.info['weight_decay']}, train {problem.info['train_metrics']}, "
                              f"test {problem.info['test_metrics']}")
-    return out, info
+    return out, info, scores
 
 
-def lm_task(s: dict, cfg, world) -> tuple[list[dict], dict]:
+def lm_task(s: dict, cfg, world) -> tuple[list[dict], dict, pd.DataFrame]:
     seed = int(cfg.seed)
     data = training_data(world)
     n = data["input_ids"].shape[0]
@@ -230,12 +260,12 @@ def lm_task(s: dict, cfg, world) -> tuple[list[dict], dict]:
     if not isinstance(dtype, torch.dtype):
         raise InfluenceError(f"accuracy.lm_pbrf_dtype={s['lm_pbrf_dtype']!r} is not a torch dtype: use float64 or float32")
     pbrf = {**s["pbrf"], **s["lm_pbrf"], "epsilon": float(s["lm_epsilon"]), "dtype": dtype, "batch_size": 16}
-    out, info = compare(world.model, LanguageModelTask(), tracked_layers(cfg, world.model), fit_data, data, rows,
-                        encoded, [q.name for q in queries], methods,
-                        _method_options(s, methods, seed, s["lm_lissa"]), pbrf, "lm", int(s["linearity_rows"]),
-                        float(s["linearity_tol"]))
+    out, info, scores = compare(world.model, LanguageModelTask(), tracked_layers(cfg, world.model), fit_data, data,
+                                rows, encoded, [q.name for q in queries], methods,
+                                _method_options(s, methods, seed, s["lm_lissa"]), pbrf, "lm", int(s["linearity_rows"]),
+                                float(s["linearity_tol"]), int(s["tolerance_rows"]))
     info["lm/model"] = world.name
-    return out, info
+    return out, info, scores
 
 
 def summary_table(long: pd.DataFrame) -> pd.DataFrame:
@@ -261,13 +291,14 @@ def run(cfg, world) -> dict[str, pd.DataFrame]:
     unknown = sorted(set(s["tasks"]) - {"diabetes", "digits", "lm"})
     if unknown:
         raise InfluenceError(f"accuracy.tasks has unknown task(s) {unknown}: choose from diabetes, digits, lm")
-    rows, info = [], {}
+    rows, info, scores = [], {}, []
     t0 = time.perf_counter()
     for name in s["tasks"]:
         with single_thread(cfg.score.get("num_threads") == 1):
-            r, i = lm_task(s, cfg, world) if name == "lm" else tabular_task(name, s, cfg)
+            r, i, sc = lm_task(s, cfg, world) if name == "lm" else tabular_task(name, s, cfg)
         rows += r
         info.update(i)
+        scores.append(sc)
     long = pd.DataFrame(rows)
     summary = summary_table(long)
     unverified = [t for t in s["tasks"] if not (info[f"{t}/pbrf_converged"] and info[f"{t}/pbrf_linear"])]
@@ -276,4 +307,5 @@ def run(cfg, world) -> dict[str, pd.DataFrame]:
             "pbrf": "central difference at ±epsilon; Bregman term over the fitting rows; EK-FAC's per-layer damping "
                     "(also given to K-FAC and LiSSA); f = loss on the test point (tabular), log p(completion|prompt) (LM)",
             **{k: (v if isinstance(v, (int, float, bool)) else str(v)) for k, v in info.items()}}
-    return {"accuracy": long, "accuracy_summary": summary, "_metadata": pd.DataFrame([meta])}
+    return {"accuracy": long, "accuracy_summary": summary, "accuracy_scores": pd.concat(scores, ignore_index=True),
+            "_metadata": pd.DataFrame([meta])}

@@ -3,6 +3,7 @@ regression EK-FAC tracks the PBRF better than the plain dot product."""
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf, open_dict
@@ -30,7 +31,7 @@ def test_accuracy_study_end_to_end(tiny_cfg, tiny_world, tiny_output_dir):
         cfg.study = "accuracy"
         cfg.accuracy = OmegaConf.create({
             "tasks": ["diabetes", "lm"], "n_test_points": 4, "lissa": {"depth": 50, "batch_size": 40},
-            "tabular": {"diabetes": {"max_train_points": 12, "bregman_rows": 80}}, "linearity_rows": 2,
+            "tabular": {"diabetes": {"max_train_points": 12, "bregman_rows": 80}}, "linearity_rows": 2, "tolerance_rows": 2,
             "lm_train_sequences": 3, "lm_queries": 2, "bregman_subset": 4, "lm_lissa": {"depth": 5, "batch_size": 4},
             "lm_pbrf": {"max_steps": 10, "tol": 1e-4},
         })
@@ -50,6 +51,17 @@ def test_accuracy_study_end_to_end(tiny_cfg, tiny_world, tiny_output_dir):
     assert ("lm" in meta["pbrf_unverified_tasks"].split(",")) == (not lm_ok)
     assert "diabetes" not in meta["pbrf_unverified_tasks"].split(",")
     assert (long[long["task"] == "lm"]["pbrf_converged"] == meta["lm/pbrf_converged"]).all()
+    assert meta["lm/pbrf_evaluations_mean_plus"] >= 10 and meta["lm/pbrf_evaluations_mean_minus"] >= 10
+    assert meta["lm/pbrf_warm_start"] == "none"
+    # solved to tol/10, the verified ground truth barely moves; the LM's 10-evaluation budget is reported as missed
+    assert meta["diabetes/pbrf_tol10_rows"] == 2 and meta["diabetes/pbrf_tol10_rel_diff"] < 0.02
+    assert meta["diabetes/pbrf_tol10_grad_ratio_max"] <= 1e-4 and meta["lm/pbrf_tol10_grad_ratio_max"] > 1e-5
+    # every score is kept, and the correlations are those of the kept scores
+    sc = tables["accuracy_scores"]
+    assert len(sc) == 5 * (4 * 12 + 2 * 3) and set(sc["method"]) == {"pbrf", "ekfac", "kfac", "lissa", "identity"}
+    one = sc[(sc["task"] == "diabetes") & (sc["test_point"] == long["test_point"].iloc[0])].pivot(
+        index="train_row", columns="method", values="score")
+    assert math.isclose(long["pearson"].iloc[0], np.corrcoef(one["ekfac"], one["pbrf"])[0, 1], rel_tol=1e-9)
     s = summary.set_index(["task", "method"])
     assert not math.isnan(s.loc[("diabetes", "ekfac"), "pearson_sem"])
     assert s.loc[("diabetes", "ekfac"), "pearson_mean"] > s.loc[("diabetes", "identity"), "pearson_mean"]
