@@ -56,7 +56,7 @@ DEFAULTS = {
              "warm_start": "none"},   # "mirror": the −ε solve starts at the +ε solution reflected through θs
     "linearity_rows": 10,   # scored rows re-solved at ε/2 (0: no check, and pbrf_linear is False)
     "linearity_tol": 0.05,  # ‖s(ε) − s(ε/2)‖ / ‖s(ε/2)‖ above this: the PBRF is not in its linear regime
-    "tolerance_rows": 0,    # scored rows re-solved at tol/10: how far the ground truth moves when solved tighter
+    "tolerance_rows": 0,    # scored rows re-solved at tol/10 (3x max_steps): how far the ground truth moves
     "tabular": {},          # per tabular task: max_train_points, bregman_rows, epsilon, hidden, activation, ...
     "lm_train_sequences": 20,
     "lm_queries": 5,
@@ -148,7 +148,8 @@ def compare(model, task, layers, fit_data, score_data, score_rows, queries, quer
         with tqdm(total=kt, desc=f"{task_name} PBRF at tol/10", unit="row", mininterval=5.0) as bar:
             tight = pbrf_scores(model, task, score_data, queries, damping, bregman_data=fit_data,
                                 indices=score_rows[:kt], layers=layers, progress=bar.update,
-                                **{**options, "tol": float(options["tol"]) / 10})
+                                **{**options, "tol": float(options["tol"]) / 10,
+                                   "max_steps": 3 * int(options["max_steps"])})
         ref = tight.scores.norm()
         tight_diff = float((truth.scores[:, :kt] - tight.scores).norm() / ref) if ref > 0 else math.nan
         tight_ratio = float(tight.grad_norm.max())
