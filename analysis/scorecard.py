@@ -98,7 +98,8 @@ def _accuracy(tables):
             continue
         e, li, d = float(r["ekfac"]), float(r["lissa"]), float(r["identity"])
         ok.append(abs(e - li) <= 0.1 and e - d >= 0.1)
-        parts.append(f"{task}: EK-FAC {e:.2f}, LiSSA {li:.2f}, dot {d:.2f}")
+        verified = all(bool(g[c].iloc[0]) for c in ("pbrf_converged", "pbrf_linear") if c in g)
+        parts.append(f"{task}: EK-FAC {e:.2f}, LiSSA {li:.2f}, dot {d:.2f}" + ("" if verified else " (PBRF unverified)"))
     if not ok:
         return None, "no data (needs ekfac, lissa and identity)", None
     return float(np.mean(ok)), "; ".join(parts), all(ok)

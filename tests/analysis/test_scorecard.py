@@ -47,6 +47,9 @@ def test_accuracy_word_order_and_layer_checks():
     far = acc.assign(pearson_mean=[0.80, 0.50, 0.40])
     assert _row(scorecard({"accuracy": {"accuracy_summary": acc}}), "accuracy", "EK-FAC")["reproduced"] == "yes"
     assert _row(scorecard({"accuracy": {"accuracy_summary": far}}), "accuracy", "EK-FAC")["reproduced"] == "no"
+    unverified = _row(scorecard({"accuracy": {"accuracy_summary": acc.assign(pbrf_converged=False, pbrf_linear=True)}}),
+                      "accuracy", "EK-FAC")
+    assert "t: EK-FAC 0.80, LiSSA 0.85, dot 0.40 (PBRF unverified)" in unverified.values
     wo = scorecard({"word_order": _summary(flipped_over_same_order=0.05, completion_removed_over_same_order=0.4)})
     assert _row(wo, "word_order", "Flipping")["reproduced"] == "yes"
     assert _row(wo, "word_order", "completion")["reproduced"] == "no"
