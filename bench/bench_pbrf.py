@@ -110,7 +110,7 @@ def main() -> None:
             err = max(float((a - b).norm() / b.norm()) for a, b in zip(g1, g0))
             t_plain, t_fast = median_seconds(plain, args.repeats), median_seconds(fast, args.repeats)
         print(f"{str(dtype):14s} plain {t_plain:.3f}  fast {t_fast:.3f}  ({t_plain / t_fast:.1f}x)  "
-              f"value rel. diff {abs(float(v1 - v0)) / abs(float(v0)):.1e}, gradient {err:.1e}")
+              f"value rel. diff {abs(float((v1 - v0).detach())) / abs(float(v0.detach())):.1e}, gradient {err:.1e}")
 
     if args.solve:
         options = {**s["pbrf"], **s["lm_pbrf"]}
