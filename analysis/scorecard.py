@@ -170,7 +170,7 @@ FINDINGS: list[Finding] = [
             "spurious share: Spearman ρ with size < 0 and largest < smallest",
             _trend("spurious_share_smallest", "spurious_share_largest", "spurious_vs_size_spearman", -1)),
     Finding("cross_lingual", "Cross-lingual influence rises with model size", "near zero at the smallest size, rising steadily",
-            "translated/English ratio: Spearman ρ with size > 0 and largest > smallest",
+            "translated/English ratio (median over queries): Spearman ρ with size > 0 and largest > smallest",
             _trend("cross_lingual_smallest", "cross_lingual_largest", "cross_lingual_vs_size_spearman", +1)),
     Finding("layer_wise", "Quotes and facts peak in upper layers; math and code in middle layers", "upper / middle",
             "each type's peak block in the expected third of the layers", _layerwise),
