@@ -17,7 +17,6 @@ model and corpus under paths.output_dir (trains them first if missing).
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
@@ -33,9 +32,8 @@ from experiments.studies.accuracy import settings
 from experiments.world import build_world
 from influence import LanguageModelTask, fit_curvature
 from influence.batching import iter_batches, sample_indices
-from influence.modules import TrackedLayer
 from influence.pbrf import _bregman_chunks, _chunk_divergence, _eigenbasis_preconditioner, _minimize, _Problem, _trim, \
-    bregman_divergence
+    bregman_divergence, working_copy
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -49,9 +47,9 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def copy_in(model, layers, dtype):
-    work = copy.deepcopy(model).to(dtype).eval()
-    mods = dict(work.named_modules())
-    tracked = [TrackedLayer(l.name, mods[l.name]) for l in layers]
+    """A copy in `dtype` (as pbrf_scores makes it) whose tracked layers alone take gradients."""
+    work, tracked = working_copy(model, layers, dtype, always=True)
+    work.eval()
     for p in work.parameters():
         p.requires_grad_(False)
     params = [p for l in tracked for p in l.parameters()]

@@ -118,10 +118,18 @@ def compare(model, task, layers, fit_data, score_data, score_rows, queries, quer
         raise InfluenceError(f"accuracy pbrf.precondition={precondition!r}: use none or ekfac")
     if precondition == "ekfac":
         options["preconditioner"] = fitted["ekfac"][0]
+
+    def solve(rows, label: str, **changes):
+        """The PBRF of `rows` with `options` changed by `changes`, with a progress bar."""
+        with tqdm(total=len(rows), desc=f"{task_name} PBRF{label}", unit="row", mininterval=5.0) as bar:
+            return pbrf_scores(model, task, score_data, queries, damping, bregman_data=fit_data, indices=rows,
+                               layers=layers, progress=bar.update, **{**options, **changes})
+
+    def rel_diff(a: torch.Tensor, ref: torch.Tensor) -> float:
+        return float((a - ref).norm() / ref.norm()) if ref.norm() > 0 else math.nan
+
     t0 = time.perf_counter()
-    with tqdm(total=len(score_rows), desc=f"{task_name} PBRF", unit="row", mininterval=5.0) as bar:
-        truth = pbrf_scores(model, task, score_data, queries, damping, bregman_data=fit_data, indices=score_rows,
-                            layers=layers, progress=bar.update, **options)
+    truth = solve(score_rows, "")
     pbrf_seconds = time.perf_counter() - t0
     log.info("%s PBRF: %.1fs, evaluations per solve %.0f (max %d), gradient ratio max %.3g (tol %g)", task_name,
              pbrf_seconds, float(truth.steps.double().mean()), int(truth.steps.max()), float(truth.grad_norm.max()),
@@ -131,12 +139,8 @@ def compare(model, task, layers, fit_data, score_data, score_rows, queries, quer
     half_diff, half_converged = math.nan, False
     if k > 0:
         t1 = time.perf_counter()
-        with tqdm(total=k, desc=f"{task_name} PBRF at ε/2", unit="row", mininterval=5.0) as bar:
-            half = pbrf_scores(model, task, score_data, queries, damping, bregman_data=fit_data,
-                               indices=score_rows[:k], layers=layers, progress=bar.update,
-                               **{**options, "epsilon": truth.epsilon / 2})
-        ref = half.scores.norm()
-        half_diff = float((truth.scores[:, :k] - half.scores).norm() / ref) if ref > 0 else math.nan
+        half = solve(score_rows[:k], " at ε/2", epsilon=truth.epsilon / 2)
+        half_diff = rel_diff(truth.scores[:, :k], half.scores)
         half_converged = half.converged
         log.info("%s PBRF at ε/2 on %d rows: relative difference %.3g (%.1fs)", task_name, k, half_diff,
                  time.perf_counter() - t1)
@@ -145,13 +149,9 @@ def compare(model, task, layers, fit_data, score_data, score_rows, queries, quer
     tight_diff, tight_ratio = math.nan, math.nan
     if kt > 0:
         t1 = time.perf_counter()
-        with tqdm(total=kt, desc=f"{task_name} PBRF at tol/10", unit="row", mininterval=5.0) as bar:
-            tight = pbrf_scores(model, task, score_data, queries, damping, bregman_data=fit_data,
-                                indices=score_rows[:kt], layers=layers, progress=bar.update,
-                                **{**options, "tol": float(options["tol"]) / 10,
-                                   "max_steps": 3 * int(options["max_steps"])})
-        ref = tight.scores.norm()
-        tight_diff = float((truth.scores[:, :kt] - tight.scores).norm() / ref) if ref > 0 else math.nan
+        tight = solve(score_rows[:kt], " at tol/10", tol=float(options["tol"]) / 10,
+                      max_steps=3 * int(options["max_steps"]))
+        tight_diff = rel_diff(truth.scores[:, :kt], tight.scores)
         tight_ratio = float(tight.grad_norm.max())
         log.info("%s PBRF at tol/10 on %d rows: relative difference %.3g, gradient ratio max %.3g (%.1fs)", task_name,
                  kt, tight_diff, tight_ratio, time.perf_counter() - t1)
