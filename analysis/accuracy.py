@@ -2,6 +2,8 @@
 and correlation against wall-clock (curvature fitting included)."""
 from __future__ import annotations
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -13,11 +15,27 @@ LABELS = {"ekfac": "EK-FAC", "kfac": "K-FAC", "lissa": "LiSSA", "identity": "Dot
 COLORS = {"ekfac": "tab:blue", "kfac": "tab:cyan", "lissa": "tab:orange", "identity": "tab:gray"}
 
 
+def summary_table(long: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard error over test points, per task and method; seconds include curvature fitting."""
+    def sem(x):
+        x = x.dropna()
+        return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
+
+    g = long.groupby(["task", "method"], sort=False)
+    return pd.DataFrame({
+        "pearson_mean": g["pearson"].mean(), "pearson_sem": g["pearson"].agg(sem),
+        "spearman_mean": g["spearman"].mean(), "spearman_sem": g["spearman"].agg(sem),
+        "seconds": g["seconds"].first(), "n_test_points": g["pearson"].size(),
+        "n_train_points": g["n_train_points"].first(),
+        **{c: g[c].first() for c in ("pbrf_seconds", "pbrf_converged", "pbrf_linear", "pbrf_grad_ratio_max", "pbrf_eps_half_rel_diff")
+           if c in long},
+    }).reset_index()
+
+
 def _summary(table: pd.DataFrame) -> pd.DataFrame:
     """Accept the summary table or the long one (one row per test point)."""
     if "pearson_mean" in table:
         return table
-    from experiments.studies.accuracy import summary_table
     return summary_table(table)
 
 

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from hydra import compose, initialize_config_dir
 
-from experiments.stages import tracked_layers, training_data
+from experiments.pipeline.stages import tracked_layers, training_data
 from experiments.studies.accuracy import settings
-from experiments.world import build_world
+from embedded.world import build_world
 from influence import LanguageModelTask, fit_curvature
 from influence.batching import iter_batches, sample_indices
 from influence.pbrf import _bregman_chunks, _chunk_divergence, _eigenbasis_preconditioner, _minimize, _Problem, _trim, \

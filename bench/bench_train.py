@@ -1,6 +1,6 @@
 """Training throughput per model size on the embedded corpus: seconds, tokens seen and tokens/s.
 
-Runs a short timed training burst per size (same loop as experiments.train), then, if the full
+Runs a short timed training burst per size (same loop as embedded.train), then, if the full
 models were trained, prints their reports (held-out loss, recall checks) beside it.
 Usage: python bench/bench_train.py [--sizes xs s m l] [--steps 30] [--threads 2]
 """
@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from experiments.prepare import prepare_data
-from experiments.train import build_model, model_dir_for, non_embedding_params, train
+from embedded.prepare import prepare_data
+from embedded.models import build_model, non_embedding_params
+from embedded.train import model_dir_for, train
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

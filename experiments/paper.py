@@ -19,9 +19,18 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from analysis.scorecard import scorecard, scorecard_summary
+from embedded.world import build_world_ranked
 from influence import InfluenceError, distributed
 
-from .timing import take, timed
+from .pipeline.outputs import write_tables
+from .pipeline.timing import take, timed
+from .report import publish, write_paper_report
+from .studies import get_study
+from .tracking import log_safely
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +86,6 @@ _ABSENT = object()
 
 
 def _compose(overrides: list[str]) -> DictConfig:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     if GlobalHydra.instance().is_initialized():  # inside `python -m experiments.run`: the app's own search path
         return compose(config_name="config", overrides=overrides)
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
@@ -117,8 +123,6 @@ class Worlds:
         self._cache: dict[str, object] = {}
 
     def get(self, cfg: DictConfig):
-        from .world import build_world_ranked
-
         key = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["model", "data", "queries", "seed", "paths"]))
         if key not in self._cache:
             self._cache.clear()  # one model in memory at a time
@@ -132,12 +136,6 @@ class Worlds:
 
 def run_section(section: Section, cfg: DictConfig, overrides: list[str], run_dir: Path, worlds: Worlds) -> Section:
     """Run one study as its own preset would, into `<run dir>/<study>/`; a failure is recorded, not raised."""
-    from analysis.figures import draw_all
-
-    from .report import write_report
-    from .run import write_tables
-    from .studies import get_study
-
     section.overrides = study_overrides(section.study, cfg, overrides)
     section.directory = run_dir / section.study
     t0 = time.perf_counter()
@@ -149,9 +147,7 @@ def run_section(section: Section, cfg: DictConfig, overrides: list[str], run_dir
         if distributed.is_main():  # every rank computed; rank 0 writes
             section.directory.mkdir(parents=True, exist_ok=True)
             (section.directory / "config.yaml").write_text(OmegaConf.to_yaml(sub), encoding="utf-8")
-            write_tables(tables, section.directory)
-            section.figures = draw_all(tables, section.directory)
-            write_report(section.directory, section.study, section.overrides, tables, section.figures)
+            section.figures, _ = publish(section.directory, section.study, section.overrides, tables)
         section.tables, section.status = tables, "ok"
     except InfluenceError as e:
         section.status = f"failed: {e}"
@@ -166,12 +162,6 @@ def run_section(section: Section, cfg: DictConfig, overrides: list[str], run_dir
 
 def run_paper(cfg: DictConfig, run_dir: Path, overrides: list[str], tracker) -> tuple[Path, pd.DataFrame]:
     """Every study of `paper.studies`, the scorecard, `report.md` and `report.html`; returns the report and the scorecard."""
-    from analysis.scorecard import scorecard, scorecard_summary
-
-    from .report import write_paper_report
-    from .run import write_tables
-    from .tracking import log_safely
-
     titles = {s: (t, w) for s, t, w in SECTIONS}
     studies = [str(s) for s in cfg.paper.studies]
     unknown = [s for s in studies if s not in titles]

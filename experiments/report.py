@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.figures import draw_all
 from influence.storage import atomic_write
+
+from .pipeline.outputs import write_tables
 
 #: tables too long to be read in a report (they stay in the run directory)
 LONG = {"scores", "top_tokens", "token_heatmap", "layer_blocks", "word_order_scores", "accuracy_scores"}
@@ -24,6 +27,13 @@ def markdown_table(df: pd.DataFrame, max_rows: int = 15, max_chars: int = 60) ->
     if len(df) > max_rows:
         lines.append(f"\n… {len(df) - max_rows} more rows in the table files")
     return "\n".join(lines)
+
+
+def publish(run_dir: Path, study: str, overrides: list[str], tables: dict) -> tuple[list[Path], Path]:
+    """A study's results into its run directory: the tables, then the figures drawn from them, then report.md."""
+    write_tables(tables, run_dir)
+    figures = draw_all(tables, run_dir)
+    return figures, write_report(run_dir, study, overrides, tables, figures)
 
 
 def write_report(run_dir: Path, study: str, overrides: list[str], tables: dict, figures: list[Path]) -> Path:

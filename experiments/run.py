@@ -16,25 +16,15 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from embedded.world import build_world_ranked
 from influence import InfluenceError, distributed
-from influence.storage import atomic_write, save_tensors
+
+from .paper import run_paper
+from .report import publish
+from .studies import get_study
+from .tracking import log_safely, make_tracker
 
 log = logging.getLogger("experiments.run")
-
-
-def write_tables(tables: dict, run_dir: Path) -> None:
-    """Each table as parquet + CSV, written atomically. Names starting with '_' are metadata (JSON);
-    a dict of tensors is written as safetensors with the run's metadata."""
-    meta = tables.get("_metadata")
-    for name, df in tables.items():
-        if isinstance(df, dict):
-            save_tensors(run_dir / f"{name}.safetensors", df, {} if meta is None else meta.iloc[0].astype(str).to_dict())
-            continue
-        if name.startswith("_"):
-            atomic_write(run_dir / f"{name[1:]}.json", lambda tmp, df=df: df.iloc[0].to_json(tmp, indent=2))
-            continue
-        atomic_write(run_dir / f"{name}.parquet", lambda tmp, df=df: df.to_parquet(tmp, index=False))
-        atomic_write(run_dir / f"{name}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
 
 
 def print_top(df: pd.DataFrame, width: int = 90) -> None:
@@ -77,20 +67,11 @@ def join_ranks(cfg: DictConfig) -> None:
 
 def main(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     """Run the configured study; write its tables, figures and report.md; mirror them to the tracker."""
-    from analysis.figures import draw_all
-
-    from .report import write_report
-    from .studies import get_study
-    from .tracking import log_safely, make_tracker
-    from .world import build_world_ranked
-
     if cfg.score.get("num_threads"):
         torch.set_num_threads(int(cfg.score.num_threads))
     join_ranks(cfg)
     name = str(cfg.get("study", "top_influences"))
     if name == "paper":  # every study, each in its own folder, and one report with the scorecard
-        from .paper import run_paper
-
         tracker = make_tracker(cfg) if distributed.is_main() else None
         run_dir, overrides = run_directory(cfg)
         report, card = run_paper(cfg, run_dir, overrides, tracker)
@@ -107,9 +88,7 @@ def main(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     if not distributed.is_main():  # rank 0 writes and logs the results every rank computed
         return tables
     run_dir, overrides = run_directory(cfg)
-    write_tables(tables, run_dir)
-    figures = draw_all(tables, run_dir)
-    report = write_report(run_dir, name, overrides, tables, figures)
+    figures, report = publish(run_dir, name, overrides, tables)
     summary = tables["_summary"].iloc[0].to_dict() if "_summary" in tables else {}
     log_safely(tracker, run_dir, cfg, tables, figures, {**summary, "model": world.name})
     if "top_influences" in tables and name == "top_influences":

@@ -6,9 +6,9 @@ import pandas as pd
 
 from influence import InfluenceError
 
-from ..scale import sizes_and_seeds
-from ..stages import metadata, select_queries
-from ..tables import ranked
+from ..pipeline.sweep import sizes_and_seeds
+from ..pipeline.stages import metadata, select_queries
+from ..pipeline.tables import ranked
 
 
 def scale_queries(world, study: str, names=None) -> list:

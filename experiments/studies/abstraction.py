@@ -14,8 +14,8 @@ from analysis.overlap import bm25_percentiles, token_jaccard
 from analysis.trends import POINT, at_size, share_of, shares, sweep_spearman, trend
 from influence.filtering import BM25Index
 
-from ..scale import scale_points
-from ..stages import encode_stage
+from ..pipeline.sweep import scale_points
+from ..pipeline.stages import encode_stage
 from . import register
 from ._sweep import point_metadata, scale_queries, sweep_metadata, top_rows
 

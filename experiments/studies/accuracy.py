@@ -4,7 +4,7 @@ Per task, every estimator is the `influence` library's (`fit_curvature` + `compu
 same data), and the ground truth is `influence.pbrf.pbrf_scores` with EK-FAC's per-layer damping.
 K-FAC and LiSSA are given that same damping too, so every method targets the same (G + λI)⁻¹; the
 identity is the undamped dot product. Tasks: the tabular regression and classification of
-`experiments.tabular` (f = loss on a random test point; G and the Bregman term over the training rows,
+`embedded.tabular` (f = loss on a random test point; G and the Bregman term over the training rows,
 or a configured subset) and the world's language model (f = log p(completion | prompt) of its first
 queries; G and the Bregman term over a fixed subset of training sequences). The scored training rows are
 drawn from the Bregman rows.
@@ -32,13 +32,14 @@ from omegaconf import OmegaConf
 from scipy import stats
 from tqdm import tqdm
 
+from analysis.accuracy import summary_table
 from influence import InfluenceError, LanguageModelTask, compute_scores, fit_curvature
 from influence.batching import sample_indices
 from influence.pbrf import pbrf_scores
 from influence.threads import single_thread
 
-from ..stages import encode_stage, tracked_layers, training_data
-from ..tabular import build_tabular
+from ..pipeline.stages import encode_stage, tracked_layers, training_data
+from embedded.tabular import build_tabular
 from . import register
 
 log = logging.getLogger(__name__)
@@ -267,23 +268,6 @@ def lm_task(s: dict, cfg, world) -> tuple[list[dict], dict, pd.DataFrame]:
                                 float(s["linearity_tol"]), int(s["tolerance_rows"]))
     info["lm/model"] = world.name
     return out, info, scores
-
-
-def summary_table(long: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard error over test points, per task and method; seconds include curvature fitting."""
-    def sem(x):
-        x = x.dropna()
-        return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
-
-    g = long.groupby(["task", "method"], sort=False)
-    return pd.DataFrame({
-        "pearson_mean": g["pearson"].mean(), "pearson_sem": g["pearson"].agg(sem),
-        "spearman_mean": g["spearman"].mean(), "spearman_sem": g["spearman"].agg(sem),
-        "seconds": g["seconds"].first(), "n_test_points": g["pearson"].size(),
-        "n_train_points": g["n_train_points"].first(),
-        **{c: g[c].first() for c in ("pbrf_seconds", "pbrf_converged", "pbrf_linear", "pbrf_grad_ratio_max", "pbrf_eps_half_rel_diff")
-           if c in long},
-    }).reset_index()
 
 
 @register("accuracy")

@@ -5,8 +5,8 @@ import pandas as pd
 
 from analysis.concentration import FRACTIONS, concentration_table
 
-from ..stages import metadata, search_stage, select_queries
-from ..tables import all_scores_table
+from ..pipeline.stages import metadata, search_stage, select_queries
+from ..pipeline.tables import all_scores_table
 from . import register
 
 

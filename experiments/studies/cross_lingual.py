@@ -16,7 +16,7 @@ import torch
 from analysis.trends import trend
 from influence import InfluenceError
 
-from ..scale import scale_points
+from ..pipeline.sweep import scale_points
 from . import register
 from ._sweep import point_metadata, scale_queries, sweep_metadata, text
 

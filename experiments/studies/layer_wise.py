@@ -11,8 +11,8 @@ import pandas as pd
 from analysis.layers import block_shares
 from influence import InfluenceError
 
-from ..stages import metadata, search_stage, select_queries
-from ..tables import layer_block_table, token_heatmap_table
+from ..pipeline.stages import metadata, search_stage, select_queries
+from ..pipeline.tables import layer_block_table, token_heatmap_table
 from . import register
 
 

@@ -12,8 +12,8 @@ from analysis.relatedness import RELATED, classify
 from analysis.trends import POINT, share_of, shares, trend
 from influence import InfluenceError
 
-from ..scale import scale_points
-from ..tables import query_type
+from ..pipeline.sweep import scale_points
+from ..pipeline.tables import query_type
 from . import register
 from ._sweep import point_metadata, scale_queries, sweep_metadata, top_rows
 

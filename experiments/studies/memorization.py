@@ -6,8 +6,8 @@ import pandas as pd
 from analysis.memorization import find_passage, memorization_summary, memorization_table
 from influence import InfluenceError
 
-from ..stages import metadata, search_stage, select_queries
-from ..tables import top_k_table, top_tokens_table
+from ..pipeline.stages import metadata, search_stage, select_queries
+from ..pipeline.tables import top_k_table, top_tokens_table
 from . import register
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 from influence import LanguageModelTask
 from influence.scan import scores_at_ranks
 
-from ..stages import candidate_rows, encode_stage, fit_stage, training_data
+from ..pipeline.stages import candidate_rows, encode_stage, fit_stage, training_data
 from . import register
 
 RANKS = (8, 16, 32, 64, 128)

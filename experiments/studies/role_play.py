@@ -7,7 +7,7 @@ import pandas as pd
 
 from analysis.trends import POINT, at_size, share_of, shares, trend
 
-from ..scale import scale_points
+from ..pipeline.sweep import scale_points
 from . import register
 from ._sweep import point_metadata, scale_queries, sweep_metadata, top_rows
 

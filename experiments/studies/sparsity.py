@@ -6,8 +6,8 @@ import pandas as pd
 from analysis.sparsity import MIN_TAIL, sparsity_tables
 from influence import InfluenceError
 
-from ..stages import metadata, search_stage, select_queries
-from ..tables import all_scores_table
+from ..pipeline.stages import metadata, search_stage, select_queries
+from ..pipeline.tables import all_scores_table
 from . import register
 
 

@@ -12,7 +12,7 @@ import torch
 
 from analysis.tails import fit_power_law_tail, sequences_needed
 
-from ..stages import encode_stage, fit_stage, scan_stage, tfidf_candidates
+from ..pipeline.stages import encode_stage, fit_stage, scan_stage, tfidf_candidates
 from . import register
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..stages import metadata, search_stage
-from ..tables import all_scores_table, top_k_table, top_tokens_table
+from ..pipeline.stages import metadata, search_stage
+from ..pipeline.tables import all_scores_table, top_k_table, top_tokens_table
 from . import register
 
 

@@ -25,12 +25,12 @@ from analysis.word_order import partition_table, ratio_table, word_order_summary
 from influence import InfluenceError, LanguageModelTask, compute_scores
 from influence.scoring import SCALE_CONVENTION
 
-from ..corpus.facts import Fact, word_order_partitions
-from ..corpus.languages import FACT_TEMPLATES, FLIPPED_FACT_TEMPLATES
-from ..prepare import prepare_data
-from ..scale import scale_points
-from ..sequences import document_rows, encode, pad
-from ..stages import encode_stage, fit_stage, select_queries
+from embedded.corpus.facts import Fact, word_order_partitions
+from embedded.corpus.languages import FACT_TEMPLATES, FLIPPED_FACT_TEMPLATES
+from embedded.prepare import prepare_data
+from ..pipeline.sweep import scale_points
+from embedded.sequences import document_rows, encode, pad
+from ..pipeline.stages import encode_stage, fit_stage, select_queries
 from . import register
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from experiments import run as runner
-from experiments.tabular import build_tabular
+from embedded.tabular import build_tabular
 
 
 def test_tabular_regression_is_standardized_and_trained_to_convergence(tmp_path):

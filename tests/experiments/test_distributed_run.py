@@ -10,7 +10,7 @@ import pandas as pd
 
 from experiments import run as runner
 from experiments.studies import get_study
-from experiments.world import build_world
+from embedded.world import build_world
 
 from .conftest import compose_cfg
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from experiments import plan as planner
-from experiments.stages import fit_stage
+from experiments.pipeline.stages import fit_stage
 
 from .conftest import compose_cfg
 
@@ -50,7 +50,7 @@ def test_plan_cli_reads_only_a_checkpoint_config(tmp_path):
 
 
 def test_fit_stage_logs_the_memory_plan_before_fitting(tiny_cfg, tiny_world, caplog):
-    with caplog.at_level(logging.INFO, logger="experiments.stages"):
+    with caplog.at_level(logging.INFO, logger="experiments.pipeline.stages"):
         fit_stage(tiny_cfg, tiny_world)
     text = caplog.text
     assert "memory plan (MiB): ekfac, 4 layers" in text

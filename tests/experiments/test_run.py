@@ -5,7 +5,7 @@ import pytest
 from omegaconf import open_dict
 
 from experiments import run as runner
-from experiments.stages import fit_stage
+from experiments.pipeline.stages import fit_stage
 from influence import InfluenceError
 
 from .conftest import compose_cfg
@@ -84,7 +84,7 @@ def test_tfidf_filter_scores_each_query_on_its_own_candidates(tiny_cfg, tiny_wor
     from omegaconf import OmegaConf
 
     from influence.filtering import BM25Index
-    from experiments.stages import encode_stage, scan_stage
+    from experiments.pipeline.stages import encode_stage, scan_stage
 
     cfg = tiny_cfg.copy()
     with open_dict(cfg):

@@ -30,7 +30,7 @@ def preset_cfg(cfg, study: str, *overrides: str):
 
 @pytest.fixture(scope="module")
 def scale_world(scale_cfg):
-    from experiments.world import build_world
+    from embedded.world import build_world
 
     return build_world(scale_cfg)
 
@@ -117,7 +117,7 @@ def test_math_code_refuses_other_query_types_and_cross_lingual_untranslated_quer
 # ------------------------------------------------------------------------------------ the studies end to end
 def _scan_results(cfg):
     """(point key, world meta/ids, scan result) of every sweep point, from the cached stages."""
-    from experiments.scale import scale_points
+    from experiments.pipeline.sweep import scale_points
 
     return [(p.key, p.world, p.search.result) for p in scale_points(cfg)]
 
@@ -142,7 +142,7 @@ def test_abstraction_overlap_scores_and_summary(runs, scale_world):
     assert set(top["query"]) == tagged and (top.groupby(POINT + ["query"]).size() == 10).all()
     assert top["bm25_percentile"].between(0, 100).all() and top["jaccard"].between(0, 1).all()
     # one row's Jaccard recomputed from token ids
-    from experiments.stages import encode_stage
+    from experiments.pipeline.stages import encode_stage
     r = top.iloc[0]
     q = next(q for q in scale_world.queries if q.name == r["query"])
     enc = encode_stage(scale_world, [q])

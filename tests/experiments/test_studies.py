@@ -97,7 +97,7 @@ def test_layer_wise_study_reads_the_scans_layer_split(tiny_cfg, tiny_world):
     assert b["block"].nunique() == 2  # the tiny model has 2 layers: min(9, 2) blocks
     scores = tables.get("scores")
     # the block sums of a top sequence add up to its scan score
-    from experiments.stages import search_stage
+    from experiments.pipeline.stages import search_stage
     res = search_stage(compose_cfg(*_tiny_overrides(tiny_cfg)), tiny_world).result
     qi = res.query_names.index("water")
     top = b[(b["query"] == "water") & (b["rank"] == 1)]

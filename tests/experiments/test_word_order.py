@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf, open_dict
 
-from experiments.corpus.facts import HELDOUT_CORE
+from embedded.corpus.facts import HELDOUT_CORE
 from experiments.studies import get_study
 from influence import InfluenceError
 
@@ -31,7 +31,7 @@ def word_order_cfg(scale_cfg, **options):
 
 @pytest.fixture(scope="module")
 def wo(scale_cfg):
-    from experiments.world import build_world
+    from embedded.world import build_world
 
     cfg = word_order_cfg(scale_cfg)
     return cfg, get_study("word_order")(cfg, build_world(cfg))
@@ -81,9 +81,9 @@ def _layer_grads(layers, scalar):
 
 def test_a_score_is_minus_the_preconditioned_query_gradient_dot_the_training_gradient(wo):
     """Independent of the library's capture path: autograd of log p(completion|prompt) and of the summed token CE."""
-    from experiments.scale import point_config
-    from experiments.stages import fit_stage
-    from experiments.world import build_world
+    from experiments.pipeline.sweep import point_config
+    from experiments.pipeline.stages import fit_stage
+    from embedded.world import build_world
 
     cfg, tables = wo
     sub = point_config(cfg, "tiny_large", 1)
@@ -152,7 +152,7 @@ def test_cross_lingual_rows_only_for_translated_relations_with_the_object_first_
     (["water"], r"'water' has no fact_id tag"),
 ])
 def test_bad_queries_fail_with_one_line_naming_what_to_fix(scale_cfg, names, message):
-    from experiments.world import load_queries
+    from embedded.world import load_queries
 
     cfg = word_order_cfg(scale_cfg, queries=names)
     world = SimpleNamespace(queries=load_queries(cfg.queries))  # the queries are checked before any model is built

@@ -7,12 +7,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from experiments import train as train_mod
-from experiments.world import TrainingSet, World, build_world
+from embedded import train as train_mod
+from embedded.world import TrainingSet, World, build_world
 from influence import Query
 from influence.errors import InfluenceError
 
-from .conftest import compose_cfg
+from ..conftest import compose_cfg
 
 
 def test_world_contract(tiny_world):
@@ -57,7 +57,7 @@ def test_reused_never_retrained(tiny_cfg, tiny_world, monkeypatch):
 
 
 def test_fingerprint_separates_seeds_and_sizes(tiny_cfg):
-    from experiments.prepare import prepare_data
+    from embedded.prepare import prepare_data
     prep = prepare_data(tiny_cfg)
     base = train_mod.model_dir_for(tiny_cfg, prep)
     other_seed = compose_cfg("model=tiny", "data=tiny", "seed=1", f"paths.output_dir={tiny_cfg.paths.output_dir}")

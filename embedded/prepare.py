@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from influence.errors import InfluenceError
 
 from . import corpus as corpus_mod
-from .atomic import atomic_dir
+from influence.storage import atomic_dir
 from .corpus import datasheet
 from .fingerprint import fingerprint
 from .local_data import load_local_texts

@@ -20,12 +20,10 @@ from influence.curvature import get_curvature_class
 from influence.distributed import broadcast_object, collectively, is_main
 from influence.fingerprint import config_fingerprint
 from influence.lowrank import plan_query_rank, query_bytes
-from influence.memory import format_memory_plan
+from influence.memory import format_memory_plan, memory_plan
 from influence.precision import with_precision, without_default_precision
 from influence.scan import ScanResult, TopBreakdown, scan, top_k_breakdown
 from influence.storage import load_tensors, save_tensors
-
-from .plan import plan as memory_plan
 
 from .timing import timed
 
@@ -56,7 +54,7 @@ def fit_stage(cfg: DictConfig, world, task=None):
     get_curvature_class(cfg.curvature.name)  # unknown names fail before any work
     if cfg.curvature.name != "identity":  # the identity has no labels to sample
         options.setdefault("seed", int(cfg.seed))
-    log.info("%s", format_memory_plan(memory_plan(cfg, world.model, len(world.queries))))
+    log.info("%s", format_memory_plan(plan(cfg, world.model, len(world.queries))))
     cache = Path(cfg.paths.output_dir) / "factors" / world.name
     log.info("fitting %s on %d training sequences", cfg.curvature.name, world.train.input_ids.shape[0])
     return fit_curvature(world.model, task or LanguageModelTask(), training_data(world), method=cfg.curvature.name,
@@ -86,11 +84,20 @@ def tfidf_candidates(cfg: DictConfig, world, encoded) -> list[torch.Tensor]:
     return [torch.as_tensor(t.indices, dtype=torch.long) for t in tops]
 
 
-def query_rank(cfg: DictConfig, curvature, num_queries: int) -> int | None:
+def query_rank(cfg: DictConfig, shapes: list[tuple[int, int]], num_queries: int) -> int | None:
+    """The rank of the stored query gradients: `score.query_rank`, with `auto` planned against `score.query_memory_mb`."""
     rank = cfg.score.get("query_rank", None)
     if rank == "auto":
-        return plan_query_rank([l.shape for l in curvature.layers], num_queries, int(cfg.score.query_memory_mb) * 2**20)
+        return plan_query_rank(shapes, num_queries, int(cfg.score.query_memory_mb) * 2**20)
     return None if rank is None else int(rank)
+
+
+def plan(cfg: DictConfig, model, num_queries: int) -> dict:
+    """The memory plan of the configured curvature and query rank for this model's tracked layers."""
+    shapes = {l.name: l.shape for l in tracked_layers(cfg, model)}
+    rank = query_rank(cfg, list(shapes.values()), num_queries)
+    return memory_plan(shapes, num_queries, rank, method=str(cfg.curvature.name),
+                       num_blocks=int(cfg.curvature.get("num_blocks", 1)))
 
 
 def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
@@ -106,7 +113,7 @@ def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
     elif cfg.filter.name not in ("none", "tfidf"):
         raise InfluenceError(f"unknown filter {cfg.filter.name!r}: use filter=none or filter=tfidf")
     indices = candidate_rows(cfg, world) if indices is None else indices
-    rank = query_rank(cfg, curvature, len(queries))
+    rank = query_rank(cfg, [l.shape for l in curvature.layers], len(queries))
     key = config_fingerprint(without_default_precision({
         "curvature": without_default_precision(curvature.describe()), "queries": [(q.name, q.prompt, q.completion) for q in queries],
         "rows": indices.tolist(), "rank": rank, "batch": int(cfg.score.batch_size), "chunk": int(cfg.score.chunk_batches),

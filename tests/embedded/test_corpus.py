@@ -4,9 +4,9 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from experiments.corpus import FAMILIES, counts, facts, generate, quotes
-from experiments.prepare import generate_corpus
-from experiments.sequences import chunk_stream, pack
+from embedded.corpus import FAMILIES, counts, facts, generate, quotes
+from embedded.prepare import generate_corpus
+from embedded.sequences import chunk_stream, pack
 from influence.errors import InfluenceError
 
 MIX = dict(prose=.28, facts=.16, math=.12, code=.12, multilingual=.12, ai=.14, distractors=.06)
@@ -92,7 +92,7 @@ def test_code_math_ai_distractors(corpus):
 
 def test_python_programs_run():
     import random
-    from experiments.corpus import code
+    from embedded.corpus import code
     for obf in (False, True):
         src = code.render("binary_search", "python", random.Random(1), obf)
         ns = {}

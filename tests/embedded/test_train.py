@@ -3,12 +3,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from experiments import recall
-from experiments.corpus.quotes import QUOTES
-from experiments.prepare import prepare_data
-from experiments.train import build_model, lr_at, non_embedding_params, train
+from embedded import recall
+from embedded.corpus.quotes import QUOTES
+from embedded.prepare import prepare_data
+from embedded.models import build_model, non_embedding_params
+from embedded.train import lr_at, train
 
-from .conftest import compose_cfg
+from ..conftest import compose_cfg
 
 
 def test_default_sizes_are_roughly_geometric_from_01M_to_5M():

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from embedded.models import non_embedding_params
+from embedded.world import build_world_ranked
 from influence import InfluenceError
 
 from .stages import Search, search_stage
@@ -71,16 +73,8 @@ def point_config(cfg: DictConfig, size: str, seed: int) -> DictConfig:
     return sub
 
 
-def non_embedding_params(model) -> int:
-    emb = {id(p) for m in (model.get_input_embeddings(), getattr(getattr(model, "transformer", None), "wpe", None)) if m is not None
-           for p in m.parameters()}
-    return sum(p.numel() for p in model.parameters() if id(p) not in emb)
-
-
 def scale_points(cfg: DictConfig, breakdown_k: int | None = None, search: bool = True) -> Iterator[ScalePoint]:
     """Every (size, seed) of `cfg.scale`, smallest size first, each searched (unless `search=False`)."""
-    from .world import build_world_ranked
-
     sizes, seeds = sizes_and_seeds(cfg)
     for size in sizes:
         model_config(size, cfg.model)  # a bad size fails before the first model is trained

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from transformers import AutoModelForCausalLM
 
-from influence import Query
+from influence import Query, distributed
 from influence.errors import InfluenceError
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ from .fingerprint import fingerprint
 from .prepare import Prepared, prepare_data
 from .sequences import pad
 from .tokenizer import load_tokenizer
+from .models import context_limit, load_checkpoint
 from .train import train_and_save
 
 
@@ -58,25 +60,6 @@ def load_queries(qcfg: DictConfig) -> list[Query]:
     return [Query(it["name"], it["prompt"], it["completion"], dict(it.get("tags") or {})) for it in items]
 
 
-def load_checkpoint(path: str):
-    """A local HF causal LM and its tokenizer, in eval mode, float32, on CPU."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    p = Path(path).expanduser()
-    if not (p / "config.json").exists():
-        raise InfluenceError(f"model.path={path} has no config.json: point it at a saved Hugging Face causal LM directory")
-    try:
-        AutoConfig.from_pretrained(str(p))
-        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32)
-    except (ValueError, OSError, KeyError) as e:
-        raise InfluenceError(f"model.path={path} does not hold a causal LM that transformers can load: {str(e).splitlines()[0]}") from e
-    try:
-        tok = load_tokenizer(str(p))
-    except (ValueError, OSError) as e:
-        raise InfluenceError(f"model.path={path} has no tokenizer: save one beside the model with tokenizer.save_pretrained") from e
-    return model.float().eval(), tok
-
-
 def check_vocab(model, tokenizer, where: str) -> None:
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
@@ -98,19 +81,13 @@ def build_world(cfg: DictConfig) -> World:
     else:
         prep = prepare_data(cfg)
         out = train_and_save(cfg, prep)
-        from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).float().eval()
         tok, model_dir, name = prep.tokenizer, str(out), out.name
     check_vocab(model, tok, model_dir)
-    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    limit = context_limit(model)
     if limit and int(cfg.data.seq_len) > limit:
         raise InfluenceError(f"data.seq_len={cfg.data.seq_len} exceeds the model's context of {limit}: lower data.seq_len")
     return World(name=name, model=model, tokenizer=tok, train=training_set(prep), queries=load_queries(cfg.queries), model_dir=model_dir)
-
-
-def heldout_facts(cfg: DictConfig):
-    """Fictional facts absent from the embedded corpus (for the word-order study); None for local corpora."""
-    return prepare_data(cfg).heldout
 
 
 def build_world_ranked(cfg: DictConfig) -> World:
@@ -118,8 +95,6 @@ def build_world_ranked(cfg: DictConfig) -> World:
 
     In a single process it is `build_world`.
     """
-    from influence import distributed
-
     with distributed.collectively():
         world = build_world(cfg) if distributed.is_main() else None
     return world if world is not None else build_world(cfg)

@@ -1,0 +1,1 @@
+"""The pipeline the studies compose: fit, encode, scan and break down (stages), model sweeps, tables, outputs."""
