@@ -1,7 +1,7 @@
 # Set-up and everyday commands. Each target installs what it needs first (idempotent).
 PY ?= python3
 
-.PHONY: install install-crosscheck main test test-slow bench
+.PHONY: install install-crosscheck main lint test test-slow bench
 
 install:
 	$(PY) -m pip install -q torch==2.13.0
@@ -14,7 +14,12 @@ install-crosscheck:
 main: install
 	$(PY) -m experiments.run $(ARGS)
 
-test: install install-crosscheck
+# style and the import layers (pyproject.toml: [tool.ruff], [tool.importlinter]); `make test` runs them first
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -c "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())"
+
+test: install install-crosscheck lint
 	$(PY) -m pytest -q
 
 test-slow: install install-crosscheck

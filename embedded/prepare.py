@@ -14,6 +14,7 @@ from influence.errors import InfluenceError
 from . import corpus as corpus_mod
 from influence.storage import atomic_dir
 from .corpus import datasheet
+from .corpus.facts import Fact
 from .fingerprint import fingerprint
 from .local_data import load_local_texts
 from .sequences import chunk_stream, document_rows, encode
@@ -106,7 +107,6 @@ def _prepare_embedded(cfg: DictConfig, tokenizer, seq_len: int) -> Prepared:
 
 
 def _read_facts(path: Path) -> list:
-    from .corpus.facts import Fact
     return [Fact(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from tokenizers import ByteLevelBPETokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from influence.errors import InfluenceError
+
 EOS = "<|endoftext|>"
 
 
@@ -25,7 +27,6 @@ def load_tokenizer(path: str):
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
-            from influence.errors import InfluenceError
             raise InfluenceError(f"tokenizer in {path} has neither a pad nor an eos token: add a pad_token to its tokenizer_config.json")
         tok.pad_token = tok.eos_token
     return tok
