@@ -43,11 +43,11 @@ ACCURACY = ["accuracy.tasks=[diabetes,lm]", "accuracy.n_test_points=4", "accurac
 #: the presets and the overrides that make each fit the tiny world (key names as the current config spells them)
 PRESETS = {
     "top_influences": [],
-    "query_rank": ["ranks=[2,8,32]", "score.max_sequences=64"],
-    "tfidf_vs_unfiltered": ["filter=tfidf", "filter.top_k=30", "tail=100"],
+    "query_rank": ["query_rank.ranks=[2,8,32]", "score.max_sequences=64"],
+    "tfidf_vs_unfiltered": ["filter=tfidf", "filter.top_k=30", "tfidf_vs_unfiltered.tail=100"],
     "sparsity": ["sparsity.tail=100"],
     "concentration": [],
-    "layer_wise": ["layerwise.top_n=20", "layerwise.heatmap_query=quote_hamlet"],
+    "layer_wise": ["layer_wise.top_n=20", "layer_wise.heatmap_query=quote_hamlet"],
     "memorization": ["memorization.top_k=5"],
     "accuracy": ACCURACY,
     "abstraction": SCALE,
@@ -61,8 +61,12 @@ PRESETS = {
 CLOCK = ("seconds", "minutes", "timings", "stage_timings")
 
 
-def _digest(df: pd.DataFrame, output_dir: str) -> str:
+def _digest(df: pd.DataFrame, output_dir: str, record: bool = False) -> str:
+    """sha256 of the table's CSV; a one-row record (metadata, summary) is compared as a set of keys, in sorted order
+    (a cached curvature's info comes back in the order safetensors stores it, which is not fixed)."""
     df = df.drop(columns=[c for c in df.columns if any(w in str(c) for w in CLOCK)])
+    if record:
+        df = df[sorted(df.columns)]
     text = df.to_csv(index=False).replace(output_dir, "<outputs>")
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -81,7 +85,7 @@ def run_all(output_dir: Path, only: list[str] | None = None) -> dict[str, dict[s
                 digests[preset] = run_paper(overrides, output_dir)
             else:
                 tables = runner.main(compose(config_name="config", overrides=overrides))
-                digests[preset] = {name: _digest(df, str(output_dir)) for name, df in sorted(tables.items())
+                digests[preset] = {name: _digest(df, str(output_dir), name.startswith("_")) for name, df in sorted(tables.items())
                                    if isinstance(df, pd.DataFrame) and name not in CLOCK}
             print(f"{preset}: {len(digests[preset])} tables", flush=True)
     return digests
@@ -94,7 +98,8 @@ def run_paper(overrides: list[str], output_dir: Path) -> dict[str, str]:
     subprocess.run([sys.executable, "-m", "experiments.run", *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT, check=True)
     files = sorted(run_dir.rglob("*.csv")) + sorted(run_dir.glob("*/metadata.json")) + sorted(run_dir.rglob("summary.json"))
     read = {".csv": pd.read_csv, ".json": lambda f: pd.DataFrame([json.loads(f.read_text())])}
-    return {str(f.relative_to(run_dir)): _digest(read[f.suffix](f), str(output_dir)) for f in files if f.stem not in CLOCK}
+    return {str(f.relative_to(run_dir)): _digest(read[f.suffix](f), str(output_dir), f.suffix == ".json")
+            for f in files if f.stem not in CLOCK}
 
 
 def cache_files(output_dir: Path) -> set[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from hydra.utils import get_method
 from omegaconf import DictConfig
 from transformers import (AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig,
                           GPTNeoXForCausalLM)
@@ -20,20 +21,44 @@ from .tokenizer import load_tokenizer
 ARCH_KEYS = ("arch", "n_layer", "n_embd", "n_head", "max_length")
 
 
+def build_gpt2(n_layer: int, n_embd: int, n_head: int, max_length: int, vocab_size: int, eos_id: int):
+    """GPT-2 (`arch: gpt2`), tied embeddings, without dropout."""
+    config = GPT2Config(n_positions=max_length, n_embd=n_embd, n_layer=n_layer, n_head=n_head, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id,
+                        pad_token_id=eos_id)
+    return GPT2LMHeadModel(config)
+
+
+def build_gpt_neox(n_layer: int, n_embd: int, n_head: int, max_length: int, vocab_size: int, eos_id: int):
+    """GPT-NeoX (`arch: gpt_neox`), untied output embedding, MLP width 4 n_embd, without dropout."""
+    config = GPTNeoXConfig(max_position_embeddings=max_length, hidden_size=n_embd, num_hidden_layers=n_layer,
+                           num_attention_heads=n_head, intermediate_size=4 * n_embd, hidden_dropout=0.0,
+                           attention_dropout=0.0, tie_word_embeddings=False, vocab_size=vocab_size, bos_token_id=eos_id,
+                           eos_token_id=eos_id, pad_token_id=eos_id)
+    return GPTNeoXForCausalLM(config)
+
+
 def build_model(mcfg: DictConfig, vocab_size: int, eos_id: int, seed: int):
-    """A randomly initialised causal LM (GPT-2 or GPT-NeoX) without dropout: influence assumes a deterministic loss."""
+    """A randomly initialised causal LM without dropout (influence assumes a deterministic loss), from the builder
+    `model._target_` names: `embedded.models.build_<arch>` in conf/model, so a new architecture is one builder here.
+
+    The builder takes the architecture keys (ARCH_KEYS but `arch`) and the vocabulary; the model it returns must be
+    of Hugging Face model type `model.arch`, the name that keys the trained model's cache.
+    """
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
-    if mcfg.arch == "gpt2":
-        config = GPT2Config(n_positions=mcfg.max_length, n_embd=mcfg.n_embd, n_layer=mcfg.n_layer, n_head=mcfg.n_head,
-                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
-        return GPT2LMHeadModel(config)
-    if mcfg.arch == "gpt_neox":
-        config = GPTNeoXConfig(max_position_embeddings=mcfg.max_length, hidden_size=mcfg.n_embd, num_hidden_layers=mcfg.n_layer,
-                               num_attention_heads=mcfg.n_head, intermediate_size=4 * mcfg.n_embd, hidden_dropout=0.0,
-                               attention_dropout=0.0, tie_word_embeddings=False, **common)
-        return GPTNeoXForCausalLM(config)
-    raise InfluenceError(f"model.arch={mcfg.arch} is not known: use gpt2 or gpt_neox")
+    if "_target_" not in mcfg:
+        raise InfluenceError(f"the model config has no _target_: name the builder of model.arch={mcfg.arch} "
+                             f"(embedded.models.build_{mcfg.arch}, as conf/model does)")
+    try:
+        builder = get_method(str(mcfg._target_))
+    except Exception as e:  # noqa: BLE001 - hydra reports a missing module or attribute in several ways
+        raise InfluenceError(f"model.arch={mcfg.arch} is not known: model._target_={mcfg._target_} names no builder "
+                             "(embedded/models.py has build_gpt2 and build_gpt_neox)") from e
+    model = builder(**{k: mcfg[k] for k in ARCH_KEYS if k != "arch"}, vocab_size=vocab_size, eos_id=eos_id)
+    if model.config.model_type != mcfg.arch:
+        raise InfluenceError(f"model._target_={mcfg._target_} builds a {model.config.model_type} model, but model.arch="
+                             f"{mcfg.arch}: set model.arch to the builder's architecture (it keys the model cache)")
+    return model
 
 
 def non_embedding_params(model) -> int:

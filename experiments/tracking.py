@@ -1,5 +1,7 @@
 """Experiment trackers: the run directory always holds the results; a tracker mirrors them (W&B) or not.
 
+The `logger` group names the tracker class by `_target_` (conf/logger/<option>.yaml), and `make_tracker`
+builds it with `hydra.utils.instantiate`: a new tracker is a class with `log_run` and a YAML, no caller.
 Logging never costs a run its results: the tables, figures and report are written before the tracker
 is called, and a tracker failure is a warning.
 """
@@ -10,6 +12,8 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from influence import InfluenceError
@@ -17,8 +21,19 @@ from influence import InfluenceError
 log = logging.getLogger(__name__)
 
 
+def _check_name(name: str, option: str) -> None:
+    if name != option:
+        raise InfluenceError(f"logger.name={name!r} but logger._target_ builds the {option!r} tracker: "
+                             "choose the tracker with logger=<option>")
+
+
 class NoTracker:
+    """`logger=none`."""
+
     name = "none"
+
+    def __init__(self, name: str = "none"):
+        _check_name(name, "none")
 
     def log_run(self, run_dir: Path, cfg: DictConfig, tables: dict, figures: list[Path], summary: dict) -> None:
         """Nothing to mirror: the run directory is the record."""
@@ -29,8 +44,9 @@ class WandbTracker:
 
     name = "wandb"
 
-    def __init__(self, project: str = "influence-studies", entity: str | None = None, mode: str = "offline",
-                 group: str | None = None, tags=(), max_table_rows: int = 5000):
+    def __init__(self, name: str = "wandb", project: str = "influence-studies", entity: str | None = None,
+                 mode: str = "offline", group: str | None = None, tags=(), max_table_rows: int = 5000):
+        _check_name(name, "wandb")
         if mode not in ("online", "offline", "disabled"):
             raise InfluenceError(f"logger.mode={mode!r}: use online, offline or disabled")
         self.project, self.entity, self.mode, self.group = project, entity, mode, group
@@ -40,7 +56,7 @@ class WandbTracker:
         import wandb
 
         run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(run_dir),
-                         group=self.group or run_group(cfg), name=run_name(cfg), job_type=str(cfg.get("study")),
+                         group=self.group or run_group(cfg), name=run_name(cfg), job_type=str(cfg.study),
                          tags=self.tags, config=OmegaConf.to_container(cfg, resolve=True),
                          settings=wandb.Settings(silent=True, console="off"), reinit="finish_previous")
         try:
@@ -72,25 +88,28 @@ def run_group(cfg: DictConfig) -> str:
 
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:
-            return f"{cfg.get('study')}-{Path(hc.sweep.dir).name}"
+            return f"{cfg.study}-{Path(hc.sweep.dir).name}"
     except ValueError:  # Hydra not running (library or test use)
         pass
-    return str(cfg.get("study"))
+    return str(cfg.study)
 
 
 def run_name(cfg: DictConfig) -> str:
-    return f"{cfg.get('study')}-{cfg.model.name}-seed{cfg.get('seed')}"
+    return f"{cfg.study}-{cfg.model.name}-seed{cfg.seed}"
 
 
 def make_tracker(cfg: DictConfig):
-    lcfg = cfg.get("logger") or {"name": "none"}
-    name = lcfg.get("name", "none")
-    if name == "none":
-        return NoTracker()
-    if name == "wandb":
-        opts = {k: v for k, v in OmegaConf.to_container(lcfg, resolve=True).items() if k != "name"}
-        return WandbTracker(**opts)
-    raise InfluenceError(f"unknown logger {name!r}: use logger=wandb or logger=none")
+    """The tracker `cfg.logger` configures (its `_target_` with its options); a bad config fails here, before any work."""
+    try:
+        tracker = instantiate(cfg.logger, _convert_="all")
+    except InstantiationException as e:
+        if isinstance(e.__cause__, InfluenceError):
+            raise e.__cause__ from None
+        raise InfluenceError(f"logger: {str(e).splitlines()[0]} {str(e.__cause__ or '')}: "
+                             "choose a tracker with logger=wandb or logger=none, with its options") from e
+    if not callable(getattr(tracker, "log_run", None)):
+        raise InfluenceError("logger has no _target_: choose a tracker with logger=wandb or logger=none")
+    return tracker
 
 
 def log_safely(tracker, run_dir: Path, cfg: DictConfig, tables: dict, figures: list[Path], summary: dict) -> bool:

@@ -7,21 +7,25 @@
     result = compute_scores(model, task, curvature, queries, {"input_ids": ids, "attention_mask": mask})
     result.scores  # (queries, training sequences)
 """
+from .arguments import PBRFArguments, ScanArguments
 from .curvature import CURVATURES, Curvature, get_curvature_class
 from .errors import InfluenceError
 from .filtering import BM25Index, NoOverlapWarning
 from .fitting import fit_curvature, load_curvature
 from .lowrank import LowRank, plan_query_rank
-from .scan import ScanResult, TopBreakdown, scan, scores_at_ranks, top_k_breakdown
 from .modules import TrackedLayer, find_tracked_layers
+from .passes import capture_batches
+from .pbrf import PBRFResult, pbrf_scores
 from .queries import Query, context_length, encode_queries
+from .scan import ScanResult, TopBreakdown, scan, scores_at_ranks, top_k_breakdown
 from .scoring import SCALE_CONVENTION, InfluenceScores, compute_scores, precondition_queries, score_captured
 from .tasks import ClassificationTask, LanguageModelTask, RegressionTask, TabularTask, Task
 
 __all__ = [
-    "BM25Index", "LowRank", "NoOverlapWarning", "ScanResult", "TopBreakdown", "plan_query_rank", "scan",
-    "scores_at_ranks", "top_k_breakdown", "CURVATURES", "ClassificationTask", "Curvature", "InfluenceError", "InfluenceScores", "LanguageModelTask",
-    "Query", "RegressionTask", "context_length", "SCALE_CONVENTION", "TabularTask", "Task", "TrackedLayer", "compute_scores", "encode_queries",
-    "find_tracked_layers", "fit_curvature", "get_curvature_class", "load_curvature", "precondition_queries",
-    "score_captured",
+    "BM25Index", "CURVATURES", "ClassificationTask", "Curvature", "InfluenceError", "InfluenceScores",
+    "LanguageModelTask", "LowRank", "NoOverlapWarning", "PBRFArguments", "PBRFResult", "Query", "RegressionTask",
+    "SCALE_CONVENTION", "ScanArguments", "ScanResult", "TabularTask", "Task", "TopBreakdown", "TrackedLayer",
+    "capture_batches", "compute_scores", "context_length", "encode_queries", "find_tracked_layers", "fit_curvature",
+    "get_curvature_class", "load_curvature", "pbrf_scores", "plan_query_rank", "precondition_queries", "scan",
+    "score_captured", "scores_at_ranks", "top_k_breakdown",
 ]

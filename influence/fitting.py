@@ -16,11 +16,15 @@ from .curvature import Curvature, get_curvature_class, make_config
 from .distributed import broadcast_object, collectively, is_main
 from .errors import InfluenceError
 from .fingerprint import combine, config_fingerprint, model_fingerprint, tensors_fingerprint
-from .precision import without_default_precision
 from .modules import TrackedLayer, find_tracked_layers
+from .precision import without_default_precision
 from .storage import load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
+
+FORMAT = "influence-studies/curvature/1"
+#: metadata a factor file carries besides the curvature's `describe()`
+FILE_KEYS = ("model_fingerprint", "fit_fingerprint", "layers", "options", "format")
 
 
 def fit_curvature(
@@ -54,7 +58,7 @@ def fit_curvature(
     if path is not None:
         meta = {**curv.describe(), "model_fingerprint": model_fp, "fit_fingerprint": fit_fp,
                 "layers": json.dumps([l.name for l in layers]), "options": json.dumps(options, default=str),
-                "format": "influence-studies/curvature/1"}
+                "format": FORMAT}
         with collectively():  # every rank waits for the file, and sees rank 0's failure to write it
             if is_main():
                 save_tensors(path, curv.state(), meta)
@@ -65,7 +69,7 @@ def fit_curvature(
 def load_curvature(path: str | Path, model, task=None, layers: list[TrackedLayer] | None = None) -> Curvature:
     """Load saved factors, refusing a file fitted on another model."""
     tensors, meta = load_tensors(path)
-    if meta.get("format") != "influence-studies/curvature/1":
+    if meta.get("format") != FORMAT:
         raise InfluenceError(f"{path} is not a curvature file written by influence-studies: delete it or point elsewhere")
     if meta["model_fingerprint"] != model_fingerprint(model):
         raise InfluenceError(f"factor file {path} was fitted on another model (weights differ): refit, or load the model it belongs to")
@@ -74,6 +78,8 @@ def load_curvature(path: str | Path, model, task=None, layers: list[TrackedLayer
         by_name = {l.name: l for l in find_tracked_layers(model, patterns=[f"^{n}$".replace(".", r"\.") for n in json.loads(meta["layers"])])}
         layers = [by_name[n] for n in json.loads(meta["layers"])]
     curv = cls(layers, make_config(cls, json.loads(meta["options"])))
-    curv.info = {k: v for k, v in meta.items() if k in ("n_sequences", "n_tokens", "mean_tokens_per_sequence", "token_positions", "correction_passes")}
     curv.load_state(tensors)
+    # every other key is the fit's `info`, restored whole (what `load_state` sets again stays last, as after a fit)
+    own = cls.described_config_keys() | set(FILE_KEYS)
+    curv.info = {**{k: meta[k] for k in sorted(meta) if k not in own and k not in curv.info}, **curv.info}
     return curv

@@ -1,36 +1,25 @@
 """Memory planning: what a fit's factors and the stored query gradients will occupy, from layer shapes alone.
 
 Computed before any work so that a user sees whether a large model fits (a 1B-parameter model's MLP
-factors run to GiBs). Sizes follow what the code allocates: A, S, their eigenvector matrices and Λ in
-float64 (per tracked layer of shape (P, M+1)), the query gradients in float32 at the chosen rank.
+factors run to GiBs). Sizes follow what the code allocates: each method says what it keeps per tracked
+layer of shape (P, M+1) (`Curvature.memory`: for EK-FAC and K-FAC, A, S, their eigenvector matrices and Λ
+in float64), and the query gradients are float32 at the chosen rank.
 """
 from __future__ import annotations
 
-from .curvature.factors import _blocks as block_ranges
+from .curvature import get_curvature_class
 from .errors import InfluenceError
 from .lowrank import query_bytes
 
 MIB = 2**20
-FACTOR_BYTES = 8  # float64 accumulators, eigendecompositions and Λ
 PARTS = ("A", "S", "eigenvectors", "lambda", "queries")
-#: methods that store Kronecker factors (the others keep only the query gradients)
-KRONECKER = ("ekfac", "kfac")
-
-
-def _block_floats(dim: int, num_blocks: int) -> int:
-    """Floats of a (dim × dim) factor kept as `num_blocks` diagonal blocks."""
-    return sum((e - s) ** 2 for s, e in block_ranges(dim, num_blocks))
 
 
 def layer_memory(shape: tuple[int, int], num_queries: int, query_rank: int | None, method: str = "ekfac",
                  num_blocks: int = 1) -> dict[str, float]:
-    """MiB per part for one layer of shape (P, M+1): A (in×in, block-diagonal with blocks), S (out×out),
-    the eigenvector matrices Q_A and Q_S (stored dense), Λ (out×in) and the queries' gradients."""
-    p, m = shape
-    kron = method in KRONECKER
-    floats = {"A": _block_floats(m, num_blocks) if kron else 0, "S": _block_floats(p, num_blocks) if kron else 0,
-              "eigenvectors": m * m + p * p if kron else 0, "lambda": p * m if kron else 0}
-    out = {k: v * FACTOR_BYTES / MIB for k, v in floats.items()}
+    """MiB per part for one layer of shape (P, M+1): what `method` keeps for it (`Curvature.memory`) and the
+    queries' gradients."""
+    out = {k: v / MIB for k, v in get_curvature_class(method).memory(shape, num_blocks).items()}
     out["queries"] = query_bytes([shape], num_queries, query_rank) / MIB
     out["total"] = sum(out[k] for k in PARTS)
     return out

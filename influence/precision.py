@@ -34,7 +34,7 @@ class AutocastTask(Task):
 
     def __init__(self, task: Task, precision: str):
         self.task, self.precision, self.dtype = task, precision, autocast_dtype(precision)
-        self.train_keys = task.train_keys
+        self.train_keys, self.divergence = task.train_keys, task.divergence
 
     def forward(self, model, batch):
         device = next(model.parameters()).device.type
@@ -59,6 +59,18 @@ class AutocastTask(Task):
 
     def output_hvp(self, outputs, batch, u):
         return self.task.output_hvp(outputs, batch, u)
+
+    def bregman(self, outputs, reference, batch):
+        return self.task.bregman(outputs, reference, batch)
+
+    def bregman_positions(self, batch):
+        return self.task.bregman_positions(batch)
+
+    def trim(self, batch):
+        return self.task.trim(batch)
+
+    def check_batch(self, batch, what="training data"):
+        return self.task.check_batch(batch, what)
 
 
 def with_precision(task: Task, precision: str = "float32") -> Task:

@@ -21,15 +21,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .batching import by_length, iter_batches, num_rows, pad_positions
-from .capture import check_finite, eval_mode, frozen_parameters
+from .arguments import ScanArguments, from_options
+from .batching import by_length, num_rows, pad_positions
+from .capture import check_finite
 from .curvature import Curvature
 from .distributed import all_gather_object, collectively, is_main, shard, world_size
 from .errors import InfluenceError
 from .fingerprint import config_fingerprint, model_fingerprint, tensors_fingerprint
-from .precision import without_default_precision
-from .gradients import capture_pass
 from .lowrank import low_rank_queries
+from .passes import capture_batches, length_order, resolve_device
+from .precision import without_default_precision
 from .scoring import SCALE_CONVENTION, precondition_queries, score_captured
 from .storage import atomic_write, load_tensors, save_tensors
 
@@ -50,6 +51,12 @@ class ScanResult:
         k = min(k, int(torch.isfinite(self.scores).sum(1).min()))
         top = torch.topk(torch.nan_to_num(self.scores, nan=-torch.inf), k, dim=1)
         return top.values, self.indices[top.indices]
+
+    def row(self, name: str) -> torch.Tensor:
+        """(N,) the scores of the query called `name` on every candidate."""
+        if name not in self.query_names:
+            raise InfluenceError(f"no query named {name!r} in this scan: it has {self.query_names}")
+        return self.scores[self.query_names.index(name)]
 
     def restricted_to(self, rows_per_query: list[torch.Tensor]) -> "ScanResult":
         """Each query keeps only its own candidate rows (e.g. its TF-IDF top k); the others become NaN."""
@@ -84,7 +91,7 @@ class TopBreakdown:
 
 def _preconditioned(model, task, curvature, queries, device):
     """The device to work on and every query's preconditioned gradient, computed there."""
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dev = resolve_device(model, device)
     return dev, precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()})
 
 
@@ -136,6 +143,54 @@ def _load_chunk(path: Path, c: int, sel: torch.Tensor, out_dir: Path) -> tuple[t
     return tensors["scores"], tensors["layer_scores"]
 
 
+def _chunk_path(out_dir: Path, c: int) -> Path:
+    return out_dir / f"chunk-{c:06d}.safetensors"
+
+
+def _score_chunk(model, task, curvature, data, pre, sel, batch_size: int, dev, bar, c: int):
+    """(scores (Q, rows), layer_scores (Q, L, rows)) of the rows `sel`, batched by length, in `sel` order."""
+    order, back = length_order(data, sel)  # similar lengths batch together; results go back in `sel` order
+    names = [l.name for l in curvature.layers]
+    parts = []
+    for _, _, a, ds in capture_batches(model, task, curvature.layers, data, batch_size, order, dev):
+        layer, _ = score_captured(pre, a, ds, names)  # (B, Q, L)
+        check_finite(layer, f"the scores of chunk {c}")
+        parts.append(layer.float().cpu())
+        bar.update(layer.shape[0])
+    layers = torch.cat(parts)[back].permute(1, 2, 0).contiguous()
+    return layers.sum(1), layers
+
+
+def _scan_chunks(model, task, curvature, queries, data, out_dir: Path, indices, args: ScanArguments,
+                 preconditioned) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every chunk's (scores, layer_scores): this rank's computed (or read back if done), then the others' read."""
+    rows_per_chunk = args.batch_size * args.chunk_batches
+    selection = [indices[c * rows_per_chunk : (c + 1) * rows_per_chunk]
+                 for c in range((len(indices) + rows_per_chunk - 1) // rows_per_chunk)]
+    mine = shard(range(len(selection)))  # every chunk in a single process
+    bar = tqdm(total=sum(len(selection[c]) for c in mine), desc="scan", unit="seq", dynamic_ncols=True,
+               disable=not (args.progress and is_main()), mininterval=1.0)
+    chunks, pre, dev = {}, None, resolve_device(model, args.device)
+    with collectively(), bar:
+        for c in mine:
+            path, sel = _chunk_path(out_dir, c), selection[c]
+            if path.exists():
+                chunks[c] = _load_chunk(path, c, sel, out_dir)
+                bar.update(len(sel))
+                continue
+            if pre is None:  # only when some chunk is missing
+                full = preconditioned if preconditioned is not None else \
+                    _preconditioned(model, task, curvature, queries, dev)[1]
+                pre = low_rank_queries({k: v.to(dev) for k, v in full.items()}, args.query_rank)
+            chunks[c] = _score_chunk(model, task, curvature, data, pre, sel, args.batch_size, dev, bar, c)
+            scores, layers = chunks[c]
+            save_tensors(path, {"scores": scores, "layer_scores": layers, "indices": sel}, {"chunk": str(c)})
+    for c, sel in enumerate(selection):  # the other ranks' chunks (none in a single process)
+        if c not in chunks:
+            chunks[c] = _load_chunk(_chunk_path(out_dir, c), c, sel, out_dir)
+    return [chunks[c] for c in range(len(selection))]
+
+
 def scan(
     model,
     task,
@@ -143,78 +198,44 @@ def scan(
     queries: dict[str, torch.Tensor],
     data: dict[str, torch.Tensor],
     out_dir: str | Path,
+    args: ScanArguments | None = None,
+    *,
     query_names: list[str] | None = None,
     indices: torch.Tensor | None = None,
-    batch_size: int = 16,
-    query_rank: int | None = None,
-    chunk_batches: int = 8,
-    device=None,
-    progress: bool = True,
     preconditioned: dict[str, torch.Tensor] | None = None,
+    **options,
 ) -> ScanResult:
     """Score every query on every candidate row (default: all rows), resuming from `out_dir` if it holds this scan.
 
-    Each chunk keeps the layer-wise split of its scores too, so layer studies read the scan.
-    `preconditioned` (full-rank (G+λI)⁻¹∇f per layer, from `precondition_queries`) skips recomputing
-    them; they are computed only if some chunk is missing.
+    How it batches and stores is `args`, or `ScanArguments(**options)` from keywords such as `batch_size=`,
+    `query_rank=`, `chunk_batches=`, `device=`, `progress=`. Each chunk keeps the layer-wise split of its
+    scores too, so layer studies read the scan. `preconditioned` (full-rank (G+λI)⁻¹∇f per layer, from
+    `precondition_queries`) skips recomputing them; they are computed only if some chunk is missing.
     """
+    if args is not None and options:
+        raise InfluenceError(f"scan takes either args or keyword options, not both (got {sorted(options)})")
+    args = args if args is not None else from_options(ScanArguments, options)
     n = num_rows(data)
     task.check_batch(data)
     indices = torch.arange(n) if indices is None else torch.as_tensor(indices, dtype=torch.long)
     if len(indices) == 0:
         raise InfluenceError("no candidate sequences to scan")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
     num_q = next(iter(queries.values())).shape[0]
     names = list(query_names) if query_names is not None else [f"query_{i}" for i in range(num_q)]
     out_dir = Path(out_dir)
-    manifest = _manifest(model, curvature, queries, names, data, indices, query_rank, batch_size, chunk_batches)
+    manifest = _manifest(model, curvature, queries, names, data, indices, args.query_rank, args.batch_size,
+                         args.chunk_batches)
     with collectively():  # rank 0 checks or writes the manifest before any rank writes a chunk
         if is_main():
             _check_or_write_manifest(out_dir, manifest)
-    pre = None
-    layer_names = [l.name for l in curvature.layers]
-    rows_per_chunk = batch_size * chunk_batches
-    num_chunks = (len(indices) + rows_per_chunk - 1) // rows_per_chunk
-    chunks = {}
-    mine = shard(range(num_chunks))  # every chunk in a single process
-    total = sum(len(indices[c * rows_per_chunk : (c + 1) * rows_per_chunk]) for c in mine)
-    bar = tqdm(total=total, desc="scan", unit="seq", disable=not (progress and is_main()), dynamic_ncols=True, mininterval=1.0)
-    with collectively(), eval_mode(model), frozen_parameters(model), bar:
-        for c in mine:
-            path = out_dir / f"chunk-{c:06d}.safetensors"
-            sel = indices[c * rows_per_chunk : (c + 1) * rows_per_chunk]
-            if path.exists():
-                chunks[c] = _load_chunk(path, c, sel, out_dir)
-                bar.update(len(sel))
-                continue
-            if pre is None:
-                full = preconditioned if preconditioned is not None else _preconditioned(model, task, curvature, queries, dev)[1]
-                pre = low_rank_queries({k: v.to(dev) for k, v in full.items()}, query_rank)
-            order = by_length(data, sel)  # similar lengths batch together; results go back in `sel` order
-            parts = []
-            for _, batch in iter_batches(data, batch_size, order, dev):
-                a, ds = capture_pass(model, task, curvature.layers, batch, "true")
-                layer, _ = score_captured(pre, a, ds, layer_names)  # (B, Q, L)
-                check_finite(layer, f"the scores of chunk {c}")
-                parts.append(layer.float().cpu())
-                bar.update(layer.shape[0])
-            by_order = torch.cat(parts)
-            pos = {int(r): i for i, r in enumerate(order)}
-            layers = by_order[[pos[int(r)] for r in sel]].permute(1, 2, 0).contiguous()  # (Q, L, rows) in `sel` order
-            scores = layers.sum(1)
-            save_tensors(path, {"scores": scores, "layer_scores": layers, "indices": sel}, {"chunk": str(c)})
-            chunks[c] = (scores, layers)
-    for c in range(num_chunks):  # the other ranks' chunks (none in a single process)
-        if c not in chunks:
-            sel = indices[c * rows_per_chunk : (c + 1) * rows_per_chunk]
-            chunks[c] = _load_chunk(out_dir / f"chunk-{c:06d}.safetensors", c, sel, out_dir)
+    chunks = _scan_chunks(model, task, curvature, queries, data, out_dir, indices, args, preconditioned)
     return ScanResult(
-        scores=torch.cat([chunks[c][0] for c in range(num_chunks)], dim=1),
-        layer_scores=torch.cat([chunks[c][1] for c in range(num_chunks)], dim=2),
+        scores=torch.cat([scores for scores, _ in chunks], dim=1),
+        layer_scores=torch.cat([layers for _, layers in chunks], dim=2),
         indices=indices,
         query_names=names,
         metadata={**curvature.describe(), "scale_convention": SCALE_CONVENTION,
-                  "query_rank": "full" if query_rank is None else str(query_rank),
+                  "query_rank": "full" if args.query_rank is None else str(args.query_rank),
                   "num_candidates": str(len(indices))},
     )
 
@@ -236,19 +257,17 @@ def top_k_breakdown(
     width = next(iter(data.values())).shape[1]
     per_query: list[dict[int, tuple]] = [dict() for _ in range(top_rows.shape[0])]
     wanted = [set(r.tolist()) for r in top_rows]
-    with eval_mode(model), frozen_parameters(model):
-        for sel, batch in iter_batches(data, batch_size, shard(union), dev):
-            a, ds = capture_pass(model, task, curvature.layers, batch, "true")
-            for q in range(top_rows.shape[0]):
-                keep = [i for i, r in enumerate(sel.tolist()) if r in wanted[q]]
-                if not keep:
-                    continue
-                k = torch.tensor(keep, device=dev)
-                layer, tok = score_captured({n: pre[n][q : q + 1] for n in names},
-                                            {n: a[n][k] for n in names}, {n: ds[n][k] for n in names},
-                                            names, per_token=True)
-                for j, i in enumerate(keep):
-                    per_query[q][int(sel[i])] = (layer[j, 0].cpu(), pad_positions(tok[j, 0].cpu(), width))
+    for sel, _, a, ds in capture_batches(model, task, curvature.layers, data, batch_size, shard(union), dev):
+        for q in range(top_rows.shape[0]):
+            keep = [i for i, r in enumerate(sel.tolist()) if r in wanted[q]]
+            if not keep:
+                continue
+            k = torch.tensor(keep, device=dev)
+            layer, tok = score_captured({n: pre[n][q : q + 1] for n in names},
+                                        {n: a[n][k] for n in names}, {n: ds[n][k] for n in names},
+                                        names, per_token=True)
+            for j, i in enumerate(keep):
+                per_query[q][int(sel[i])] = (layer[j, 0].cpu(), pad_positions(tok[j, 0].cpu(), width))
     if world_size() > 1:  # each rank scored its shard of the rows: gather them all on every rank
         for part in all_gather_object(per_query):
             for q, found in enumerate(part):
@@ -278,12 +297,8 @@ def scores_at_ranks(
     names = [l.name for l in curvature.layers]
     parts: dict = {r: [] for r in ranks}
     rows = torch.arange(num_rows(data)) if indices is None else indices
-    order = by_length(data, rows)
-    with eval_mode(model), frozen_parameters(model):
-        for _, batch in iter_batches(data, batch_size, order, dev):
-            a, ds = capture_pass(model, task, curvature.layers, batch, "true")
-            for r, rep in reps.items():
-                parts[r].append(score_captured(rep, a, ds, names)[0].sum(-1).cpu())
-    pos = {int(r): i for i, r in enumerate(order)}
-    back = torch.tensor([pos[int(r)] for r in rows], dtype=torch.long)
+    order, back = length_order(data, rows)
+    for _, _, a, ds in capture_batches(model, task, curvature.layers, data, batch_size, order, dev):
+        for r, rep in reps.items():
+            parts[r].append(score_captured(rep, a, ds, names)[0].sum(-1).cpu())
     return {r: torch.cat(p)[back].T for r, p in parts.items()}

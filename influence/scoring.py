@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .batching import iter_batches, num_rows, pad_positions
+from .batching import num_rows, pad_positions
 from .capture import check_finite, eval_mode, frozen_parameters, sequence_gradients
 from .curvature import Curvature
 from .errors import InfluenceError
-from .gradients import capture_pass, query_gradients
+from .gradients import query_gradients
 from .lowrank import LowRank, low_rank_queries
+from .passes import capture_batches, resolve_device
 
 SCALE_CONVENTION = ("I = -grad f^T (G + lambda I)^-1 grad L(z_m), no 1/N: f(theta_eps) - f(theta) ~= eps * I "
                     "for z_m added with weight eps (eps = 1/N for one copy); positive = z_m raises f")
@@ -89,23 +90,21 @@ def compute_scores(
     """Score every query against the training rows `indices` (default: all) in one pass over them."""
     num_rows(data)
     task.check_batch(data)
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dev = resolve_device(model, device)
     pre = low_rank_queries(precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()}),
                            query_rank)
     names = [l.name for l in curvature.layers]
     width = next(iter(data.values())).shape[1] if per_token else 0
     layer_chunks, token_chunks, rows = [], [], []
-    with eval_mode(model), frozen_parameters(model):
-        for sel, batch in iter_batches(data, batch_size, indices, dev):
-            a, ds = capture_pass(model, task, curvature.layers, batch, "true")
-            layer, tok = score_captured(pre, a, ds, names, per_token)
-            check_finite(layer, f"the scores of training rows {int(sel[0])}..{int(sel[-1])}")
-            layer_chunks.append(layer.cpu())
-            if tok is not None:
-                token_chunks.append(pad_positions(tok.cpu(), width))
-            rows.append(sel)
-            if progress is not None:
-                progress(len(sel))
+    for sel, _, a, ds in capture_batches(model, task, curvature.layers, data, batch_size, indices, dev):
+        layer, tok = score_captured(pre, a, ds, names, per_token)
+        check_finite(layer, f"the scores of training rows {int(sel[0])}..{int(sel[-1])}")
+        layer_chunks.append(layer.cpu())
+        if tok is not None:
+            token_chunks.append(pad_positions(tok.cpu(), width))
+        rows.append(sel)
+        if progress is not None:
+            progress(len(sel))
     layer_all = torch.cat(layer_chunks).permute(1, 0, 2)  # (Q, N, L)
     return InfluenceScores(
         scores=layer_all.sum(-1),

@@ -1,13 +1,15 @@
 """Tasks: what the model computes, its training loss, the measurement f, and how labels are sampled.
 
 One fitting and scoring code path serves language models and the small tabular models of
-the accuracy study: everything model-specific lives behind this interface. Batches are
-dicts of tensors sharing their first dimension; "positions" are the token axis of the
-tracked layers' inputs (a single position for non-sequence models).
+the accuracy study: everything model-specific lives behind this interface, including the Bregman
+divergence of the loss that the PBRF (`influence.pbrf`) needs. Batches are dicts of tensors sharing
+their first dimension; "positions" are the token axis of the tracked layers' inputs (a single position
+for non-sequence models).
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +18,27 @@ from .errors import InfluenceError
 from .labels import keyed_normal, keyed_uniform, sample_categorical
 
 
+def softmax_kl(outputs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(reference) ‖ softmax(outputs)) over the last axis, accurate when the two are close.
+
+    With δ = outputs − reference centred under p_s (Σ p_s δ = 0), KL = log Σ p_s e^δ = log1p(Σ p_s (e^δ − 1 − δ)):
+    no O(δ) terms cancel, so the O(δ²) divergence keeps its relative precision (the textbook
+    Σ p_s (log p_s − log p) loses it, and with it the optimizer's line search near the optimum).
+    """
+    p_s = torch.softmax(reference, -1)
+    delta = outputs - reference
+    delta = delta - (p_s * delta).sum(-1, keepdim=True)
+    return torch.log1p((p_s * (torch.expm1(delta) - delta)).sum(-1))
+
+
 class Task(ABC):
     """The training loss L (summed over positions), the measurement f, and the Fisher's label model."""
 
     #: batch keys a training batch must have
     train_keys: tuple[str, ...] = ()
+    #: the Bregman divergence of the loss in the outputs, D(h, h_s): "squared_error" (½‖h − h_s‖²), "softmax_kl"
+    #: (KL(softmax h_s ‖ softmax h) of logits), or None when the task has none (the PBRF then refuses it)
+    divergence: ClassVar[str | None] = None
 
     @abstractmethod
     def forward(self, model, batch: dict) -> torch.Tensor:
@@ -55,11 +73,30 @@ class Task(ABC):
         if missing:
             raise InfluenceError(f"{what} lacks {missing}: {type(self).__name__} needs keys {list(self.train_keys)}")
 
+    def bregman(self, outputs: torch.Tensor, reference: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Σ over rows (and loss-bearing positions) of D(h, h_s), the Bregman divergence of the loss.
+
+        Args:
+            outputs: the model's outputs h on `batch` (differentiable).
+            reference: the original model's outputs h_s on the same batch (logits for softmax tasks).
+        """
+        raise InfluenceError(f"no Bregman divergence for {type(self).__name__}: the PBRF needs a task with "
+                             "`bregman` and `divergence` (RegressionTask, ClassificationTask, LanguageModelTask)")
+
+    def bregman_positions(self, batch: dict) -> torch.Tensor | None:
+        """(B, T) bool: the output positions `bregman` sums over, or None when each row is one term."""
+        return None
+
+    def trim(self, batch: dict) -> dict:
+        """`batch` without columns that change no output the loss reads (the default keeps it whole)."""
+        return batch
+
 
 class LanguageModelTask(Task):
     """Causal LM: L = Σ_t CE(z_{t+1} | z_≤t) over non-padding targets; f = log p(completion | prompt)."""
 
     train_keys = ("input_ids", "attention_mask")
+    divergence = "softmax_kl"
 
     def forward(self, model, batch):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -109,6 +146,23 @@ class LanguageModelTask(Task):
         hv = hv * self.loss_mask(batch)[:, :-1].unsqueeze(-1)
         return torch.cat([hv, torch.zeros_like(u[:, -1:])], dim=1)
 
+    def bregman(self, outputs, reference, batch):
+        """Σ_t KL(p_s,t ‖ p_t) over the loss-bearing positions."""
+        mask = self.loss_mask(batch)[:, :-1]
+        return (softmax_kl(outputs[:, :-1], reference[:, :-1]) * mask).sum()
+
+    def bregman_positions(self, batch):
+        return self.loss_mask(batch)
+
+    def trim(self, batch):
+        """Drop the trailing columns that are padding in every sequence: a causal LM's outputs at the other
+        positions do not depend on them, so the loss and the divergence are unchanged and the vocabulary-wide
+        work shrinks."""
+        t = batch["attention_mask"].shape[1]
+        live = batch["attention_mask"].bool().any(0).nonzero()
+        keep = int(live.max()) + 1 if len(live) else 1
+        return {k: (v[:, :keep] if v.dim() >= 2 and v.shape[1] == t else v) for k, v in batch.items()}
+
 
 class TabularTask(Task):
     """Models of one input row → one output: a single "position" per example, f = loss on the query rows."""
@@ -136,6 +190,8 @@ class RegressionTask(TabularTask):
     f is the loss on the query points (the paper's accuracy study), or −loss with `measurement="neg_loss"`.
     """
 
+    divergence = "squared_error"
+
     def loss(self, outputs, batch, labels=None):
         y = batch["y"] if labels is None else labels
         return 0.5 * ((outputs - y.view_as(outputs)) ** 2).sum()
@@ -147,9 +203,14 @@ class RegressionTask(TabularTask):
     def output_hvp(self, outputs, batch, u):
         return u
 
+    def bregman(self, outputs, reference, batch):
+        return 0.5 * ((outputs - reference) ** 2).sum()
+
 
 class ClassificationTask(TabularTask):
     """Softmax cross-entropy over classes; labels sampled from the predicted class distribution."""
+
+    divergence = "softmax_kl"
 
     def loss(self, outputs, batch, labels=None):
         y = batch["y"] if labels is None else labels
@@ -162,3 +223,6 @@ class ClassificationTask(TabularTask):
     def output_hvp(self, outputs, batch, u):
         p = torch.softmax(outputs.detach(), dim=-1)
         return p * u - p * (p * u).sum(-1, keepdim=True)
+
+    def bregman(self, outputs, reference, batch):
+        return softmax_kl(outputs, reference).sum()

@@ -1,10 +1,13 @@
 """The stages a study composes: curvature (fit once per model, cached), query encoding, scoring.
 
 Each stage takes the composed config and the world (model, tokenizer, training set, queries)
-and returns library objects; caching is by content fingerprint inside `influence`.
+and returns library objects; caching is by content fingerprint inside `influence`. Options are read
+through their schemas (`options.py`, the filter classes in `candidates.py`, the curvature's config class),
+never with defaults at the call site.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from influence import (InfluenceError, LanguageModelTask, context_length, encode_queries,
                        find_tracked_layers, fit_curvature)
 from influence.batching import sample_indices
-from influence.curvature import get_curvature_class
+from influence.curvature import get_curvature_class, make_config
 from influence.distributed import broadcast_object, collectively, is_main
 from influence.fingerprint import config_fingerprint
 from influence.lowrank import plan_query_rank, query_bytes
@@ -25,12 +28,18 @@ from influence.precision import with_precision, without_default_precision
 from influence.scan import ScanResult, TopBreakdown, scan, top_k_breakdown
 from influence.storage import load_tensors, save_tensors
 
+from .candidates import BM25Filter, make_filter
+from .options import layer_options, score_options
 from .timing import timed
 
 log = logging.getLogger(__name__)
 
-# curvature config keys that choose layers rather than fitting options
-_LAYER_KEYS = ("name", "include_attention", "modules")
+#: Curvature fields that conf/curvature/*.yaml gained when it came to list every field of its method's config.
+#: A fit is keyed by the options it is given (influence.fitting), so these are given only when set away from
+#: their default: factors fitted before keep their cache key (as `without_default_precision` does for precision).
+_KEYED_WHEN_SET = {"ekfac": {"gradient_cache_mb"}, "kfac": {"gradient_cache_mb"},
+                   "lissa": {"labels", "power_iterations", "divergence_factor"},
+                   "identity": {"labels", "max_sequences", "damping_factor", "damping"}}
 
 
 def training_data(world) -> dict[str, torch.Tensor]:
@@ -38,27 +47,38 @@ def training_data(world) -> dict[str, torch.Tensor]:
 
 
 def tracked_layers(cfg: DictConfig, model):
-    c = cfg.curvature
-    return find_tracked_layers(model, patterns=list(c.modules) if c.get("modules") else None,
-                               include_attention=bool(c.get("include_attention", False)))
+    """The layers the `layers` group selects: the MLPs (plus attention with `include_attention`), or `modules`."""
+    opts = layer_options(cfg)
+    return find_tracked_layers(model, patterns=list(opts.modules) if opts.modules else None,
+                               include_attention=opts.include_attention)
 
 
 def score_task(cfg: DictConfig):
     """The LM task that scans and breakdowns use, under autocast when `score.precision` is bf16 or fp16."""
-    return with_precision(LanguageModelTask(), str(cfg.score.get("precision", "float32")))
+    return with_precision(LanguageModelTask(), score_options(cfg).precision)
+
+
+def fit_options(cfg: DictConfig) -> dict:
+    """The fitting options of the configured curvature: its YAML block (all but `name`), with the run's seed for
+    a method that samples labels; fields new to the YAML are left out at their defaults (`_KEYED_WHEN_SET`)."""
+    name = str(cfg.curvature.name)
+    cls = get_curvature_class(name)  # unknown names fail before any work
+    late = {f.name: f.default for f in dataclasses.fields(cls.config_class) if f.name in _KEYED_WHEN_SET.get(name, ())}
+    options = {k: v for k, v in OmegaConf.to_container(cfg.curvature, resolve=True).items()
+               if k != "name" and not (k in late and v == late[k])}
+    if cls.uses_labels:
+        options.setdefault("seed", int(cfg.seed))
+    return options
 
 
 def fit_stage(cfg: DictConfig, world, task=None):
     """Fit (or reuse) the configured curvature on the world's training set, after logging its memory plan."""
-    options = {k: v for k, v in OmegaConf.to_container(cfg.curvature, resolve=True).items() if k not in _LAYER_KEYS}
-    get_curvature_class(cfg.curvature.name)  # unknown names fail before any work
-    if cfg.curvature.name != "identity":  # the identity has no labels to sample
-        options.setdefault("seed", int(cfg.seed))
+    options = fit_options(cfg)
     log.info("%s", format_memory_plan(plan(cfg, world.model, len(world.queries))))
     cache = Path(cfg.paths.output_dir) / "factors" / world.name
     log.info("fitting %s on %d training sequences", cfg.curvature.name, world.train.input_ids.shape[0])
     return fit_curvature(world.model, task or LanguageModelTask(), training_data(world), method=cfg.curvature.name,
-                         layers=tracked_layers(cfg, world.model), cache_dir=cache, device=cfg.score.device, **options)
+                         layers=tracked_layers(cfg, world.model), cache_dir=cache, device=score_options(cfg).device, **options)
 
 
 def encode_stage(world, queries=None) -> dict[str, torch.Tensor]:
@@ -67,57 +87,50 @@ def encode_stage(world, queries=None) -> dict[str, torch.Tensor]:
 
 def candidate_rows(cfg: DictConfig, world) -> torch.Tensor:
     """The rows a scan scores: the whole training set, or a reproducible random sample of `score.max_sequences`."""
-    return sample_indices(world.train.input_ids.shape[0], cfg.score.get("max_sequences"), int(cfg.seed))
+    return sample_indices(world.train.input_ids.shape[0], score_options(cfg).max_sequences, int(cfg.seed))
 
 
 def tfidf_candidates(cfg: DictConfig, world, encoded) -> list[torch.Tensor]:
-    """Per query, the top `filter.top_k` training rows by BM25 over the query's prompt and completion tokens."""
-    from influence.filtering import BM25Index
-
-    f = cfg.filter  # filter=tfidf's keys, with its defaults when another filter is selected
-    index = BM25Index.build(world.train.input_ids, vocab_size=len(world.tokenizer), mode=str(f.get("mode", "binary")),
-                            k1=float(f.get("k1", 1.5)), attention_mask=world.train.attention_mask)
-    tops = index.top_k_many(encoded["input_ids"], f.get("top_k", 10000), attention_mask=encoded["attention_mask"])
-    for q, t in zip(world.queries, tops):
-        if t.no_overlap:
-            log.warning("query %s shares no token with the corpus: the TF-IDF filter gives it no candidates", q.name)
-    return [torch.as_tensor(t.indices, dtype=torch.long) for t in tops]
+    """Per query, the top `filter.top_k` training rows by BM25 over the query's prompt and completion tokens
+    (filter=tfidf's options, or its defaults when another filter is selected)."""
+    filt = make_filter(cfg)
+    return (filt if isinstance(filt, BM25Filter) else BM25Filter()).candidates(world, encoded, world.queries)
 
 
 def query_rank(cfg: DictConfig, shapes: list[tuple[int, int]], num_queries: int) -> int | None:
     """The rank of the stored query gradients: `score.query_rank`, with `auto` planned against `score.query_memory_mb`."""
-    rank = cfg.score.get("query_rank", None)
-    if rank == "auto":
-        return plan_query_rank(shapes, num_queries, int(cfg.score.query_memory_mb) * 2**20)
-    return None if rank is None else int(rank)
+    opts = score_options(cfg)
+    if opts.query_rank == "auto":
+        return plan_query_rank(shapes, num_queries, int(opts.query_memory_mb) * 2**20)
+    return None if opts.query_rank is None else int(opts.query_rank)
 
 
 def plan(cfg: DictConfig, model, num_queries: int) -> dict:
     """The memory plan of the configured curvature and query rank for this model's tracked layers."""
     shapes = {l.name: l.shape for l in tracked_layers(cfg, model)}
     rank = query_rank(cfg, list(shapes.values()), num_queries)
+    config = make_config(get_curvature_class(str(cfg.curvature.name)), fit_options(cfg))  # unknown keys fail here
     return memory_plan(shapes, num_queries, rank, method=str(cfg.curvature.name),
-                       num_blocks=int(cfg.curvature.get("num_blocks", 1)))
+                       num_blocks=int(getattr(config, "num_blocks", 1)))
 
 
 def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
     """Resumable scan of the candidates with every query; its directory is keyed by what it depends on."""
     queries = list(queries or world.queries)
+    opts, filt = score_options(cfg), make_filter(cfg)
     encoded = encode_stage(world, queries)
-    per_query = None
-    if indices is None and cfg.filter.name == "tfidf":
-        per_query = tfidf_candidates(cfg, world, encoded)
+    per_query = filt.candidates(world, encoded, queries) if indices is None else None
+    if per_query is not None:
         indices = torch.unique(torch.cat(per_query)) if per_query else torch.empty(0, dtype=torch.long)
         if len(indices) == 0:
-            raise InfluenceError("the TF-IDF filter found no candidate for any query: the queries share no token with the corpus")
-    elif cfg.filter.name not in ("none", "tfidf"):
-        raise InfluenceError(f"unknown filter {cfg.filter.name!r}: use filter=none or filter=tfidf")
+            raise InfluenceError(f"the {filt.name} filter found no candidate for any query: the queries share no token "
+                                 "with the corpus")
     indices = candidate_rows(cfg, world) if indices is None else indices
     rank = query_rank(cfg, [l.shape for l in curvature.layers], len(queries))
     key = config_fingerprint(without_default_precision({
         "curvature": without_default_precision(curvature.describe()), "queries": [(q.name, q.prompt, q.completion) for q in queries],
-        "rows": indices.tolist(), "rank": rank, "batch": int(cfg.score.batch_size), "chunk": int(cfg.score.chunk_batches),
-        "precision": str(cfg.score.get("precision", "float32"))}))
+        "rows": indices.tolist(), "rank": rank, "batch": opts.batch_size, "chunk": opts.chunk_batches,
+        "precision": opts.precision}))
     out_dir = Path(cfg.paths.output_dir) / "scans" / world.name / key
     shapes = [l.shape for l in curvature.layers]
     memory_mb = query_bytes(shapes, len(queries), rank) / 2**20
@@ -125,14 +138,14 @@ def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
     log.info("scanning %d candidates with %d queries (query rank %s: %.1f MiB of query gradients, full rank %.1f MiB) into %s",
              len(indices), len(queries), "full" if rank is None else rank, memory_mb, full_mb, out_dir)
     result = scan(world.model, score_task(cfg), curvature, encoded, training_data(world), out_dir,
-                  query_names=[q.name for q in queries], indices=indices, batch_size=int(cfg.score.batch_size),
-                  query_rank=rank, chunk_batches=int(cfg.score.chunk_batches), device=cfg.score.device)
+                  query_names=[q.name for q in queries], indices=indices, batch_size=opts.batch_size,
+                  query_rank=rank, chunk_batches=opts.chunk_batches, device=opts.device)
     if per_query is not None:
         result = result.restricted_to(per_query)
     result.metadata["query_memory_mb"] = f"{memory_mb:.3f}"
     result.metadata["query_memory_full_rank_mb"] = f"{full_mb:.3f}"
-    result.metadata["filter"] = "none" if per_query is None else f"tfidf top_k={cfg.filter.top_k} mode={cfg.filter.mode}"
-    result.metadata["candidates"] = (f"all {world.train.input_ids.shape[0]} training sequences" if cfg.score.get("max_sequences") is None
+    result.metadata["filter"] = "none" if per_query is None else filt.describe()
+    result.metadata["candidates"] = (f"all {world.train.input_ids.shape[0]} training sequences" if opts.max_sequences is None
                                      else f"a random sample of {len(indices)} (score.max_sequences, seed {cfg.seed})")
     result.metadata["scan_dir"] = str(out_dir)
     return result
@@ -149,8 +162,9 @@ def breakdown_stage(cfg: DictConfig, world, curvature, result, k: int, queries=N
         if torch.equal(t["rows"], rows):
             return [TopBreakdown(rows=rows[q], scores=t["layer_scores"][q].sum(-1), layer_scores=t["layer_scores"][q],
                                  token_scores=t["token_scores"][q]) for q in range(rows.shape[0])]
+    opts = score_options(cfg)
     tops = top_k_breakdown(world.model, score_task(cfg), curvature, encode_stage(world, queries),
-                           training_data(world), rows, batch_size=int(cfg.score.batch_size), device=cfg.score.device)
+                           training_data(world), rows, batch_size=opts.batch_size, device=opts.device)
     with collectively():
         if path is not None and is_main():
             save_tensors(path, {"rows": rows, "layer_scores": torch.stack([t.layer_scores for t in tops]),
@@ -176,7 +190,8 @@ def search_stage(cfg: DictConfig, world, breakdown_k: int | None = None) -> Sear
 
     All studies scan the same queries and candidates, so a second study on a model reuses the first's scan.
     """
-    encode_stage(world)  # bad queries fail before any fitting
+    encode_stage(world)  # bad queries or a bad filter fail before any fitting
+    make_filter(cfg)
     with timed("fit", model=world.name):
         curvature = fit_stage(cfg, world)
     with timed("scan", model=world.name):

@@ -14,18 +14,41 @@ layer is eigendecomposed by one rank and broadcast, so every rank ends with the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
-from tqdm import tqdm
 
-from ..batching import by_length, iter_batches, num_rows, sample_indices
-from ..capture import check_finite, eval_mode, frozen_parameters, sequence_gradients
-from ..distributed import all_reduce_sum, broadcast, is_distributed, is_main, rank, shard, world_size
+from ..batching import by_length, num_rows, sample_indices
+from ..capture import check_finite, sequence_gradients
+from ..distributed import all_reduce_sum, broadcast, is_distributed, rank, shard, world_size
 from ..errors import InfluenceError
-from ..gradients import capture_pass
 from ..modules import TrackedLayer
+from ..passes import capture_batches, resolve_device
 from ..precision import autocast_dtype
 from ..threads import SMALL, single_thread
+from .base import Curvature, FitConfig
+
+FACTOR_BYTES = 8  # float64 accumulators, eigendecompositions and Λ
+
+
+@dataclass
+class KroneckerConfig(FitConfig):
+    """Options of the Kronecker methods (EK-FAC, K-FAC)."""
+
+    num_blocks: int = field(default=1, metadata={
+        "help": "Keep A and S block-diagonal with this many diagonal blocks each (paper App. A); 1: dense."})
+    gradient_cache_mb: float = field(default=4096.0, metadata={
+        "help": "EK-FAC keeps each sequence's captures (or gradient) between its two passes up to this many MiB "
+                "in all; beyond it the eigenvalue correction runs a second pass over the data."})
+    precision: str = field(default="float32", metadata={
+        "help": "Forward/backward under autocast: float32 (none), bf16 or fp16; factors accumulate in float32 "
+                "or better either way."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_blocks < 1:
+            raise InfluenceError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        autocast_dtype(self.precision)  # an unknown precision fails here, naming the valid ones
 
 
 def _blocks(dim: int, n: int) -> list[tuple[int, int]]:
@@ -132,73 +155,87 @@ def _cached_floats(layer: TrackedLayer, lengths: torch.Tensor) -> int:
     return int(torch.clamp(lengths.long() * (p + m), max=p * m).sum())
 
 
-def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_correction: bool = True):
-    """Fit eigenbases and, if asked, the per-sequence corrected eigenvalues Λ. Returns (basis, Λ or None, stats)."""
-    n = num_rows(data)
-    idx = by_length(data, sample_indices(n, config.max_sequences, config.seed))  # sums: order-free
-    mine = shard(idx)  # all of them in a single process
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    accs = {l.name: _Accumulator(l, config.num_blocks, dev) for l in layers}
+def _cache_fits(model, data, idx: torch.Tensor, layers, config) -> bool:
+    """Whether every rank's captures (or gradients) of its shard fit in `gradient_cache_mb` for the second pass."""
     if "attention_mask" in data:
         lengths = data["attention_mask"][idx].sum(1)
     else:
-        lengths = torch.full((len(idx),), next(iter(data.values())).shape[1] if next(iter(data.values())).dim() > 2 else 1)
+        first = next(iter(data.values()))
+        lengths = torch.full((len(idx),), first.shape[1] if first.dim() > 2 else 1)
     # the largest shard's cache decides for every rank, so all ranks make the same choice
     need = max(sum(_cached_floats(l, lengths[r::world_size()]) for l in layers) for r in range(world_size())) \
-        * torch.finfo(dtype).bits // 8
-    cache = [] if eigenvalue_correction and need <= config.gradient_cache_mb * 2**20 else None
+        * torch.finfo(next(model.parameters()).dtype).bits // 8
+    return need <= config.gradient_cache_mb * 2**20
+
+
+def _accumulate_factors(model, task, data, layers, config, rows, dev, cache: list | None):
+    """First pass: the sums of A and S over loss-bearing tokens (all-reduced), and their count; fills `cache`."""
+    accs = {l.name: _Accumulator(l, config.num_blocks, dev) for l in layers}
     n_tokens = 0
-    with eval_mode(model), frozen_parameters(model):
-        for sel, batch in tqdm(iter_batches(data, config.batch_size, mine, dev), desc="fit: A, S" + (" + Λ" if cache is not None else ""),
-                               total=-(-len(mine) // config.batch_size), unit="batch", mininterval=1.0, dynamic_ncols=True,
-                               disable=not is_main()):
-            task.check_batch(batch)
-            a, ds = capture_pass(model, task, layers, batch, config.labels, sel, config.seed)
-            mask = task.loss_mask(batch)
-            n_tokens += int(mask.sum())
-            for l in layers:
-                check_finite(ds[l.name], f"the output gradients of layer {l.name}")
-                accs[l.name].add(a[l.name][mask], ds[l.name][mask])
-            if cache is not None:
-                cache.append({l.name: (a[l.name], ds[l.name]) if _cached_form(l, a[l.name].shape[1]) == "tokens"
-                              else sequence_gradients(a[l.name], ds[l.name]) for l in layers})
-        if is_distributed():
-            for acc in accs.values():
-                acc.all_reduce()
-            n_tokens = int(all_reduce_sum({"n": torch.tensor([n_tokens], dtype=torch.float64, device=dev)})["n"])
-        if n_tokens == 0:
-            raise InfluenceError("no position of the fitting data carries a loss: sequences need at least two real tokens")
-        basis = _eigenbasis(accs, layers, n_tokens, dev)
-        stats = {"n_sequences": len(idx), "n_tokens": n_tokens, "mean_tokens_per_sequence": n_tokens / len(idx),
-                 "token_positions": "loss-bearing positions only (padding and each sequence's last position excluded)",
-                 "correction_passes": "0" if not eigenvalue_correction else ("1 (captures kept in memory)" if cache is not None else "2")}
-        if not eigenvalue_correction:
-            return basis, None, stats
-        lam = {l.name: torch.zeros(l.shape, dtype=torch.float64, device=dev) for l in layers}
-        qs = {l.name: basis.q_s[l.name].to(dtype) for l in layers}
-        qa = {l.name: basis.q_a[l.name].to(dtype) for l in layers}
-        if cache is not None:
-            for entry in cache:
-                for l in layers:
-                    if isinstance(entry[l.name], tuple):
-                        lam[l.name] += _correction_from_tokens(*entry[l.name], qa[l.name], qs[l.name])
-                    else:
-                        w = rotate_sequence_gradients(entry[l.name], qs[l.name], qa[l.name])
-                        lam[l.name] += (w * w).sum(0).double()
-            cache.clear()
-        else:
-            for sel, batch in tqdm(iter_batches(data, config.batch_size, mine, dev), desc="fit: Λ", unit="batch",
-                                   total=-(-len(mine) // config.batch_size), mininterval=1.0, dynamic_ncols=True,
-                                   disable=not is_main()):
-                a, ds = capture_pass(model, task, layers, batch, config.labels, sel, config.seed)
-                for l in layers:
-                    lam[l.name] += _correction_from_tokens(a[l.name], ds[l.name], qa[l.name], qs[l.name])
-        all_reduce_sum(lam)
+    desc = "fit: A, S" + (" + Λ" if cache is not None else "")
+    for _, batch, a, ds in capture_batches(model, task, layers, data, config.batch_size, rows, dev, config.labels,
+                                           config.seed, desc=desc):
+        mask = task.loss_mask(batch)
+        n_tokens += int(mask.sum())
         for l in layers:
-            lam[l.name] /= len(idx)
-            check_finite(lam[l.name], f"the corrected eigenvalues of layer {l.name}")
-    return basis, lam, stats
+            check_finite(ds[l.name], f"the output gradients of layer {l.name}")
+            accs[l.name].add(a[l.name][mask], ds[l.name][mask])
+        if cache is not None:
+            cache.append({l.name: (a[l.name], ds[l.name]) if _cached_form(l, a[l.name].shape[1]) == "tokens"
+                          else sequence_gradients(a[l.name], ds[l.name]) for l in layers})
+    if is_distributed():
+        for acc in accs.values():
+            acc.all_reduce()
+        n_tokens = int(all_reduce_sum({"n": torch.tensor([n_tokens], dtype=torch.float64, device=dev)})["n"])
+    if n_tokens == 0:
+        raise InfluenceError("no position of the fitting data carries a loss: sequences need at least two real tokens")
+    return accs, n_tokens
+
+
+def _corrected_eigenvalues(model, task, data, layers, config, rows, dev, basis: Eigenbasis, cache: list | None,
+                           n_sequences: int) -> dict[str, torch.Tensor]:
+    """Λ = E_seq[(Q_Sᵀ DW Q_A)²] per layer, from the first pass's `cache` or else from a second pass."""
+    dtype = next(model.parameters()).dtype
+    lam = {l.name: torch.zeros(l.shape, dtype=torch.float64, device=dev) for l in layers}
+    qs = {l.name: basis.q_s[l.name].to(dtype) for l in layers}
+    qa = {l.name: basis.q_a[l.name].to(dtype) for l in layers}
+    if cache is not None:
+        for entry in cache:
+            for l in layers:
+                if isinstance(entry[l.name], tuple):
+                    lam[l.name] += _correction_from_tokens(*entry[l.name], qa[l.name], qs[l.name])
+                else:
+                    w = rotate_sequence_gradients(entry[l.name], qs[l.name], qa[l.name])
+                    lam[l.name] += (w * w).sum(0).double()
+        cache.clear()
+    else:
+        for _, _, a, ds in capture_batches(model, task, layers, data, config.batch_size, rows, dev, config.labels,
+                                           config.seed, desc="fit: Λ"):
+            for l in layers:
+                lam[l.name] += _correction_from_tokens(a[l.name], ds[l.name], qa[l.name], qs[l.name])
+    all_reduce_sum(lam)
+    for l in layers:
+        lam[l.name] /= n_sequences
+        check_finite(lam[l.name], f"the corrected eigenvalues of layer {l.name}")
+    return lam
+
+
+def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_correction: bool = True):
+    """Fit eigenbases and, if asked, the per-sequence corrected eigenvalues Λ. Returns (basis, Λ or None, stats)."""
+    task.check_batch(data)
+    idx = by_length(data, sample_indices(num_rows(data), config.max_sequences, config.seed))  # sums: order-free
+    mine = shard(idx)  # all of them in a single process
+    dev = resolve_device(model, device)
+    cache = [] if eigenvalue_correction and _cache_fits(model, data, idx, layers, config) else None
+    accs, n_tokens = _accumulate_factors(model, task, data, layers, config, mine, dev, cache)
+    basis = _eigenbasis(accs, layers, n_tokens, dev)
+    stats = {"n_sequences": len(idx), "n_tokens": n_tokens, "mean_tokens_per_sequence": n_tokens / len(idx),
+             "token_positions": "loss-bearing positions only (padding and each sequence's last position excluded)",
+             "correction_passes": "0" if not eigenvalue_correction
+             else ("1 (captures kept in memory)" if cache is not None else "2")}
+    if not eigenvalue_correction:
+        return basis, None, stats
+    return basis, _corrected_eigenvalues(model, task, data, layers, config, mine, dev, basis, cache, len(idx)), stats
 
 
 def eigenbasis_ihvp(v: torch.Tensor, q_s: torch.Tensor, q_a: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
@@ -206,22 +243,6 @@ def eigenbasis_ihvp(v: torch.Tensor, q_s: torch.Tensor, q_a: torch.Tensor, denom
     dt = v.dtype
     q_s, q_a = q_s.to(dt), q_a.to(dt)
     return q_s @ ((q_s.T @ v @ q_a) / denom.to(dt)) @ q_a.T
-
-
-from .base import FitConfig  # noqa: E402  (kept beside the code that reads it)
-
-
-@dataclass
-class KroneckerConfig(FitConfig):
-    num_blocks: int = 1                # block-diagonal A and S (paper App. A)
-    gradient_cache_mb: float = 4096.0  # keep captures between the two passes up to this size (else a 2nd pass)
-    precision: str = "float32"         # forward/backward under autocast: float32 (none), bf16 or fp16
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.num_blocks < 1:
-            raise InfluenceError(f"num_blocks must be >= 1, got {self.num_blocks}")
-        autocast_dtype(self.precision)  # an unknown precision fails here, naming the valid ones
 
 
 def basis_state(basis: Eigenbasis) -> dict[str, torch.Tensor]:
@@ -244,3 +265,40 @@ def basis_from_state(tensors: dict[str, torch.Tensor], layers: list[TrackedLayer
         if basis.q_a[l.name].shape != (m, m) or basis.q_s[l.name].shape != (p, p):
             raise InfluenceError(f"factor file's shapes for layer {l.name} do not match the model: it belongs to another model; refit")
     return basis
+
+
+def kronecker_memory(shape: tuple[int, int], num_blocks: int = 1) -> dict[str, int]:
+    """Bytes a Kronecker method keeps for one layer of shape (P, M+1): A (in×in, block-diagonal with blocks),
+    S (out×out), the eigenvector matrices Q_A and Q_S (stored dense) and Λ (out×in), all float64."""
+    p, m = shape
+    floats = {"A": sum((e - s) ** 2 for s, e in _blocks(m, num_blocks)),
+              "S": sum((e - s) ** 2 for s, e in _blocks(p, num_blocks)),
+              "eigenvectors": m * m + p * p, "lambda": p * m}
+    return {k: v * FACTOR_BYTES for k, v in floats.items()}
+
+
+class KroneckerCurvature(Curvature):
+    """What EK-FAC and K-FAC share: Kronecker factors fitted with labels, and G_ℓ in the eigenbasis Q_S ⊗ Q_A
+    with eigenvalues `lam[layer]` of the layer's shape (P, M+1)."""
+
+    config_class = KroneckerConfig
+    stores_factors: ClassVar[bool] = True
+    uses_labels: ClassVar[bool] = True
+    basis: Eigenbasis
+    lam: dict[str, torch.Tensor]
+
+    @classmethod
+    def memory(cls, shape, num_blocks=1):
+        return kronecker_memory(shape, num_blocks)
+
+    def eigendecomposition(self, layer):
+        if layer not in self.lam:
+            return None
+        return self.basis.q_s[layer], self.basis.q_a[layer], self.lam[layer]
+
+    def ihvp(self, grads):
+        """Q_S [(Q_Sᵀ V Q_A) ⊘ (Λ + λ)] Q_Aᵀ per layer."""
+        b = self.basis
+        return {l.name: eigenbasis_ihvp(grads[l.name], b.q_s[l.name], b.q_a[l.name],
+                                        (self.lam[l.name] + self.damping[l.name]).to(b.q_s[l.name].device))
+                for l in self.layers}

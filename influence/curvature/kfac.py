@@ -8,15 +8,13 @@ from __future__ import annotations
 import torch
 
 from ..precision import with_precision
-from .base import Curvature, layer_damping, register
-from .factors import (KroneckerConfig, basis_from_state, basis_state, eigenbasis_ihvp,
-                      fit_kronecker)
+from .base import layer_damping, register
+from .factors import KroneckerCurvature, basis_from_state, basis_state, fit_kronecker
 
 
 @register
-class KFAC(Curvature):
+class KFAC(KroneckerCurvature):
     name = "kfac"
-    config_class = KroneckerConfig
 
     def _set(self, basis, tokens_per_sequence: float):
         self.basis, self.tokens_per_sequence = basis, float(tokens_per_sequence)
@@ -27,19 +25,16 @@ class KFAC(Curvature):
 
     @classmethod
     def fit(cls, model, task, data, layers, config, device=None):
-        basis, _, stats = fit_kronecker(model, with_precision(task, config.precision), data, layers, config, device, eigenvalue_correction=False)
+        basis, _, stats = fit_kronecker(model, with_precision(task, config.precision), data, layers, config, device,
+                                        eigenvalue_correction=False)
         curv = cls(layers, config)
         curv.info = {k: str(v) for k, v in stats.items()}
         curv._set(basis, stats["mean_tokens_per_sequence"])
         return curv
 
-    def ihvp(self, grads):
-        b = self.basis
-        return {l.name: eigenbasis_ihvp(grads[l.name], b.q_s[l.name], b.q_a[l.name], self.lam[l.name] + self.damping[l.name])
-                for l in self.layers}
-
     def state(self):
-        return {**basis_state(self.basis), "tokens_per_sequence": torch.tensor(self.tokens_per_sequence, dtype=torch.float64)}
+        return {**basis_state(self.basis),
+                "tokens_per_sequence": torch.tensor(self.tokens_per_sequence, dtype=torch.float64)}
 
     def load_state(self, tensors):
         self._set(basis_from_state(tensors, self.layers), float(tensors["tokens_per_sequence"]))

@@ -3,30 +3,40 @@
 G̃ is a minibatch Gauss–Newton product Jᵀ H J v through autograd, over all tracked layers
 at once (LiSSA keeps the cross-layer blocks that EK-FAC drops). Damping matches EK-FAC's
 rule, λ_ℓ = factor · trace(G_ℓ)/dim_ℓ, with trace(G_ℓ) = E_seq‖∇_ℓ L(ŷ)‖² from sampled labels,
-so both target the same damped G. The step α defaults to 0.5/(λ_max(G) + max λ) from power iteration.
+so both target the same damped G. The step α defaults to 0.5/(λ_max(G) + max_ℓ λ_ℓ), λ_max(G) estimated by
+power iteration on minibatch products.
 """
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..batching import by_length, iter_batches, num_rows, sample_indices
 from ..capture import eval_mode, frozen_parameters, sequence_gradients
 from ..errors import InfluenceError
-from ..gradients import capture_pass
+from ..passes import capture_batches, resolve_device
 from .base import Curvature, FitConfig, layer_damping, register
 
 
 @dataclass
 class LissaConfig(FitConfig):
-    batch_size: int = 8
-    depth: int = 200
-    scale: float | None = None
-    power_iterations: int = 20
-    divergence_factor: float = 10.0   # ‖r‖ beyond this × ‖v‖/(α·min λ) counts as diverged
+    """Options of the LiSSA recursion r_j = v + (I − α(G̃ + λI)) r_{j−1}."""
+
+    batch_size: int = field(default=8, metadata={
+        "help": "Sequences per minibatch: each Gauss–Newton product G̃ takes one, cycling over the fitting set "
+                "(the damping's trace pass uses the same batches)."})
+    depth: int = field(default=200, metadata={"help": "Recursion steps J per solve: (G + λI)⁻¹v ≈ α r_J."})
+    scale: float | None = field(default=None, metadata={
+        "help": "The step α; null: α = 0.5/(λ_max + max_ℓ λ_ℓ), with λ_max the largest Rayleigh quotient of "
+                "`power_iterations` power-iteration steps on minibatch Gauss–Newton products and λ_ℓ the fitted "
+                "per-layer damping."})
+    power_iterations: int = field(default=20, metadata={
+        "help": "Power-iteration steps that estimate λ_max for the default scale (unused when scale is set)."})
+    divergence_factor: float = field(default=10.0, metadata={
+        "help": "A solve stops as diverged once ‖r‖ exceeds this × ‖v‖/(α·min_ℓ λ_ℓ)."})
 
 
 def gauss_newton_product(model, task, layers, batch, vec: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -63,30 +73,40 @@ class LiSSA(Curvature):
     name = "lissa"
     config_class = LissaConfig
     cacheable = False
+    uses_labels = True  # the damping's trace E_seq‖∇_ℓ L(ŷ)‖²
 
     @classmethod
     def fit(cls, model, task, data, layers, config, device=None):
         curv = cls(layers, config)
         curv.model, curv.task, curv.data = model, task, data
-        curv.device = torch.device(device) if device is not None else next(model.parameters()).device
+        curv.device = resolve_device(model, device)
         curv.indices = by_length(data, sample_indices(num_rows(data), config.max_sequences, config.seed))
         curv._fit_damping()
         curv.scale = config.scale if config.scale is not None else curv._auto_scale()
-        curv.diagnostics = {}  # per-solve convergence, kept out of `info` (which keys cached results)
+        curv._diagnostics = {}  # per-solve convergence, kept out of `info` (which keys cached results)
         curv.info = {"scale": f"{curv.scale:.6g}", "n_sequences": str(len(curv.indices)),
                      "gauss_newton": "exact output Hessian, minibatches cycled over the fitting set"}
         return curv
+
+    @property
+    def diagnostics(self) -> dict:
+        """`final_relative_step`: the largest ‖r_J − r_{J−1}‖/‖r_J‖ over the solves so far; `solves`: how many."""
+        return self._diagnostics
+
+    def with_damping(self, damping):
+        new = super().with_damping(damping)
+        new._diagnostics = {}  # the copy's own solves
+        return new
 
     def _batches(self):
         return itertools.cycle([b for _, b in iter_batches(self.data, self.config.batch_size, self.indices, self.device)])
 
     def _fit_damping(self):
         trace = {l.name: 0.0 for l in self.layers}
-        with eval_mode(self.model), frozen_parameters(self.model):
-            for sel, batch in iter_batches(self.data, self.config.batch_size, self.indices, self.device):
-                a, ds = capture_pass(self.model, self.task, self.layers, batch, self.config.labels, sel, self.config.seed)
-                for l in self.layers:
-                    trace[l.name] += float((sequence_gradients(a[l.name], ds[l.name]).double() ** 2).sum())
+        for _, _, a, ds in capture_batches(self.model, self.task, self.layers, self.data, self.config.batch_size,
+                                           self.indices, self.device, self.config.labels, self.config.seed):
+            for l in self.layers:
+                trace[l.name] += float((sequence_gradients(a[l.name], ds[l.name]).double() ** 2).sum())
         n = len(self.indices)
         self.damping = {l.name: layer_damping(trace[l.name] / n / (l.shape[0] * l.shape[1]), self.config)
                         for l in self.layers}
@@ -135,6 +155,6 @@ class LiSSA(Curvature):
                         f"(now {alpha:.3g}) or raise the damping")
         # how far from converged the recursion stopped: ‖r_J − r_{J−1}‖/‖r_J‖ (it shrinks like (1 − αλ)^J)
         step /= max(norm, 1e-300)
-        self.diagnostics["final_relative_step"] = max(self.diagnostics.get("final_relative_step", 0.0), step)
-        self.diagnostics["solves"] = self.diagnostics.get("solves", 0) + 1
+        self._diagnostics["final_relative_step"] = max(self._diagnostics.get("final_relative_step", 0.0), step)
+        self._diagnostics["solves"] = self._diagnostics.get("solves", 0) + 1
         return {k: alpha * t for k, t in r.items()}

@@ -1,12 +1,16 @@
 """PBRF ground truth: equals the exact damped Gauss–Newton influence to first order, is in its linear regime,
 converges (or says it did not), restores the model, and agrees in sign and scale with compute_scores."""
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
 
 from influence import (ClassificationTask, InfluenceError, LanguageModelTask, RegressionTask, compute_scores,
                        find_tracked_layers, fit_curvature)
-from influence.pbrf import _bregman_chunks, _chunk_divergence, bregman_divergence, pbrf_scores
+from influence.pbrf import PBRFArguments, pbrf_scores
+from influence.pbrf.objective import bregman_chunks, chunk_divergence
+from influence.precision import with_precision
 
 from .tiny import gpt2, query_batch, token_data
 
@@ -87,8 +91,8 @@ def test_pbrf_matches_the_exact_damped_gauss_newton_influence(task):
     model, train, test, layers = trained(task, 1 if isinstance(task, RegressionTask) else 3)
     damping = {l.name: 1e-2 for l in layers}
     rows = torch.arange(10)
-    res = pbrf_scores(model, task, train, test, damping, indices=rows, layers=layers, epsilon=1e-3,
-                      optimizer="lbfgs", tol=1e-5, max_steps=2000)
+    res = pbrf_scores(model, task, train, test, damping, PBRFArguments(epsilon=1e-3, optimizer="lbfgs", tol=1e-5,
+                                                                       max_steps=2000), indices=rows, layers=layers)
     assert res.converged and (res.grad_norm <= 1e-5).all() and (res.steps > 1).all()
     exact = exact_influence(model, task, layers, train, test, damping)[:, rows]
     err = (res.scores - exact).norm() / exact.norm()
@@ -105,13 +109,13 @@ def test_ekfac_preconditioning_changes_the_path_not_the_answer():
     damping = {l.name: 1e-3 for l in layers}
     ek = fit_curvature(model, task, train, method="ekfac", layers=layers)
     rows = torch.arange(4)
-    kw = dict(indices=rows, layers=layers, epsilon=1e-3, optimizer="lbfgs", tol=1e-5, max_steps=3000)
-    res = pbrf_scores(model, task, train, test, damping, preconditioner=ek, **kw)
+    args, kw = PBRFArguments(epsilon=1e-3, optimizer="lbfgs", tol=1e-5, max_steps=3000), dict(indices=rows, layers=layers)
+    res = pbrf_scores(model, task, train, test, damping, args, preconditioner=ek, **kw)
     assert res.converged and res.metadata["preconditioner"] == "ekfac"
     exact = exact_influence(model, task, layers, train, test, damping)[:, rows]
     assert (res.scores - exact).norm() / exact.norm() < 1e-3
     with pytest.raises(InfluenceError, match="preconditioner must be a fitted EK-FAC"):
-        pbrf_scores(model, task, train, test, damping, preconditioner=fit_curvature(
+        pbrf_scores(model, task, train, test, damping, args, preconditioner=fit_curvature(
             model, task, train, method="identity", layers=layers), **kw)
 
 
@@ -121,16 +125,16 @@ def test_mirrored_warm_start_shortens_the_minus_epsilon_solve_not_its_answer(pre
     model, train, test, layers = trained(task, 1)
     damping = {l.name: 1e-3 for l in layers}
     ek = fit_curvature(model, task, train, method="ekfac", layers=layers) if precondition else None
-    kw = dict(indices=torch.arange(4), layers=layers, epsilon=1e-3, optimizer="lbfgs", tol=1e-5, max_steps=3000,
-              preconditioner=ek)
-    cold = pbrf_scores(model, task, train, test, damping, **kw)
-    warm = pbrf_scores(model, task, train, test, damping, warm_start="mirror", **kw)
+    args = PBRFArguments(epsilon=1e-3, optimizer="lbfgs", tol=1e-5, max_steps=3000)
+    kw = dict(indices=torch.arange(4), layers=layers, preconditioner=ek)
+    cold = pbrf_scores(model, task, train, test, damping, args, **kw)
+    warm = pbrf_scores(model, task, train, test, damping, replace(args, warm_start="mirror"), **kw)
     assert cold.converged and warm.converged and warm.metadata["warm_start"] == "mirror"
     assert (warm.scores - cold.scores).norm() / cold.scores.norm() < 1e-3
     assert torch.equal(warm.steps[:, 0], cold.steps[:, 0])  # +ε starts at θs either way
     assert warm.steps[:, 1].sum() < cold.steps[:, 1].sum()
     with pytest.raises(InfluenceError, match="warm_start must be"):
-        pbrf_scores(model, task, train, test, damping, warm_start="linear", **kw)
+        replace(args, warm_start="linear")
 
 
 def test_central_differences_at_epsilon_and_half_agree_and_parameters_are_restored():
@@ -138,9 +142,9 @@ def test_central_differences_at_epsilon_and_half_agree_and_parameters_are_restor
     model, train, test, layers = trained(task, 1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     damping = {l.name: 1e-3 for l in layers}
-    kw = dict(indices=torch.arange(6), layers=layers, optimizer="lbfgs", tol=1e-5, max_steps=3000)
-    a = pbrf_scores(model, task, train, test, damping, epsilon=2e-3, **kw)
-    b = pbrf_scores(model, task, train, test, damping, epsilon=1e-3, **kw)
+    kw = dict(indices=torch.arange(6), layers=layers)
+    a = pbrf_scores(model, task, train, test, damping, PBRFArguments(2e-3, "lbfgs", tol=1e-5, max_steps=3000), **kw)
+    b = pbrf_scores(model, task, train, test, damping, PBRFArguments(1e-3, "lbfgs", tol=1e-5, max_steps=3000), **kw)
     assert a.converged and b.converged
     assert (a.scores - b.scores).norm() / b.scores.norm() < 1e-2  # O(ε²) relative: linear regime
     assert b.scores.abs().max() > 0
@@ -153,15 +157,15 @@ def test_adam_converges_on_a_well_conditioned_problem_and_non_convergence_raises
     model, train, test, layers = trained(task, 1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     damping = {l.name: 1.0 for l in layers}  # strong damping: a well-conditioned objective
-    res = pbrf_scores(model, task, train, test, damping, indices=torch.arange(3), layers=layers, epsilon=1e-3,
-                      optimizer="adam", lr=0.02, tol=1e-4, max_steps=3000)
+    kw = dict(indices=torch.arange(3), layers=layers)
+    res = pbrf_scores(model, task, train, test, damping, PBRFArguments(epsilon=1e-3, optimizer="adam", lr=0.02,
+                                                                       tol=1e-4, max_steps=3000), **kw)
     assert res.converged and res.grad_norm.max() <= 1e-4
-    ref = pbrf_scores(model, task, train, test, damping, indices=torch.arange(3), layers=layers, epsilon=1e-3,
-                      optimizer="lbfgs", tol=1e-5)
+    ref = pbrf_scores(model, task, train, test, damping, PBRFArguments(epsilon=1e-3, optimizer="lbfgs", tol=1e-5), **kw)
     assert (res.scores - ref.scores).norm() / ref.scores.norm() < 1e-2
     with pytest.raises(InfluenceError, match="PBRF did not converge for training row 0"):
-        pbrf_scores(model, task, train, test, {l.name: 1e-4 for l in layers}, indices=torch.arange(3), layers=layers,
-                    optimizer="adam", tol=1e-5, max_steps=20)
+        pbrf_scores(model, task, train, test, {l.name: 1e-4 for l in layers},
+                    PBRFArguments(optimizer="adam", tol=1e-5, max_steps=20), **kw)
     for k, v in model.state_dict().items():  # restored after the failure too
         assert torch.equal(v, before[k]), k
 
@@ -179,10 +183,11 @@ def _lm_setup():
 
 def test_language_model_pbrf_that_misses_its_budget_is_recorded_and_leaves_the_model_untouched():
     model, task, data, queries, layers, curv, before = _lm_setup()
-    kw = dict(indices=torch.arange(2), layers=layers, optimizer="lbfgs", tol=1e-6, max_steps=8, dtype=torch.float64)
+    args = PBRFArguments(epsilon=1e-3, optimizer="lbfgs", tol=1e-6, max_steps=8, dtype=torch.float64)
+    kw = dict(indices=torch.arange(2), layers=layers)
     with pytest.raises(InfluenceError, match="PBRF did not converge for training row 0"):
-        pbrf_scores(model, task, data, queries, curv.damping, epsilon=1e-3, **kw)
-    res = pbrf_scores(model, task, data, queries, curv.damping, epsilon=1e-3, on_failure="record", **kw)
+        pbrf_scores(model, task, data, queries, curv.damping, args, **kw)
+    res = pbrf_scores(model, task, data, queries, curv.damping, replace(args, on_failure="record"), **kw)
     assert not res.converged and (res.grad_norm > 1e-6).all() and (res.grad_norm < 1).all()
     assert (res.steps >= 8).all() and res.metadata["dtype"] == "torch.float64"
     assert res.metadata["on_failure"] == "record" and torch.isfinite(res.scores).all()
@@ -195,9 +200,10 @@ def test_language_model_pbrf_that_misses_its_budget_is_recorded_and_leaves_the_m
                    "tol 1e-5); the accuracy study records such a task as unverified instead")
 def test_language_model_pbrf_in_float64_copy_is_linear_and_leaves_the_model_untouched():
     model, task, data, queries, layers, curv, before = _lm_setup()
-    kw = dict(indices=torch.arange(2), layers=layers, optimizer="lbfgs", tol=1e-5, max_steps=6000, dtype=torch.float64)
-    a = pbrf_scores(model, task, data, queries, curv.damping, epsilon=1e-2, **kw)
-    b = pbrf_scores(model, task, data, queries, curv.damping, epsilon=5e-3, **kw)
+    args = PBRFArguments(optimizer="lbfgs", tol=1e-5, max_steps=6000, dtype=torch.float64)
+    kw = dict(indices=torch.arange(2), layers=layers)
+    a = pbrf_scores(model, task, data, queries, curv.damping, replace(args, epsilon=1e-2), **kw)
+    b = pbrf_scores(model, task, data, queries, curv.damping, replace(args, epsilon=5e-3), **kw)
     assert a.converged and b.converged and a.metadata["dtype"] == "torch.float64"
     assert (a.scores - b.scores).norm() / b.scores.norm() < 2e-2
     for k, v in model.state_dict().items():
@@ -213,7 +219,7 @@ def test_fast_bregman_term_equals_the_plain_divergence_on_ragged_sequences_and_c
                               (ClassificationTask(), classifier, table)]:
         params = [p for l in find_tracked_layers(model, patterns=[r"^layers\.\d+$"] if isinstance(task, ClassificationTask)
                                                   else None) for p in l.parameters()]
-        chunks = _bregman_chunks(task, model, data, 3, lambda b: b)
+        chunks = bregman_chunks(task, model, data, 3, lambda b: b)
         if isinstance(task, LanguageModelTask):  # trimmed: the longest sequence of each chunk sets its width
             assert any(c.batch["input_ids"].shape[1] < 12 for c in chunks)
         with torch.no_grad():
@@ -223,8 +229,8 @@ def test_fast_bregman_term_equals_the_plain_divergence_on_ragged_sequences_and_c
         with torch.enable_grad():
             for p in params:
                 p.requires_grad_(True)
-            plain = bregman_divergence(task, task.forward(model, data), ref, data)
-            fast = sum(_chunk_divergence(task, model, c) for c in chunks)
+            plain = task.bregman(task.forward(model, data), ref, data)
+            fast = sum(chunk_divergence(task, model, c) for c in chunks)
             g_plain = torch.autograd.grad(plain, params)
             g_fast = torch.autograd.grad(fast, params)
             for p in params:
@@ -240,8 +246,37 @@ def test_bad_inputs_are_refused_in_one_line():
     with pytest.raises(InfluenceError, match="damping has no λ for layers"):
         pbrf_scores(model, task, train, test, {"layers.0": 1.0}, layers=layers)
     with pytest.raises(InfluenceError, match="epsilon must be a positive number"):
-        pbrf_scores(model, task, train, test, {l.name: 1.0 for l in layers}, layers=layers, epsilon=0.0)
+        PBRFArguments(epsilon=0.0)
     with pytest.raises(InfluenceError, match="on_failure must be"):
-        pbrf_scores(model, task, train, test, {l.name: 1.0 for l in layers}, layers=layers, on_failure="ignore")
+        PBRFArguments(on_failure="ignore")
     with pytest.raises(InfluenceError, match="unknown PBRF optimizer"):
-        pbrf_scores(model, task, train, test, {l.name: 1.0 for l in layers}, layers=layers, optimizer="sgd")
+        PBRFArguments(optimizer="sgd")
+    with pytest.raises(InfluenceError, match="no Bregman divergence for NoDivergence"):
+        pbrf_scores(model, NoDivergence(), train, test, {l.name: 1.0 for l in layers}, layers=layers)
+
+
+class NoDivergence(RegressionTask):
+    """A task that declares no Bregman divergence: the PBRF refuses it before any work."""
+
+    divergence = None
+
+
+def test_a_task_under_autocast_keeps_its_bregman_divergence_and_trimming():
+    """`with_precision` wraps the task; the wrapper hands the PBRF the wrapped task's divergence, positions and
+    trimming unchanged (only the model's forward runs under autocast), so the PBRF runs on a bf16 task."""
+    plain, wrapped = LanguageModelTask(), with_precision(LanguageModelTask(), "bf16")
+    data = {k: torch.cat([v, torch.zeros(5, 3, dtype=v.dtype)], 1) for k, v in token_data(5, 9, seed=8).items()}
+    g = torch.Generator().manual_seed(0)
+    out, ref = torch.randn(5, 12, 32, generator=g), torch.randn(5, 12, 32, generator=g)
+    assert wrapped.divergence == plain.divergence == "softmax_kl"
+    assert torch.equal(wrapped.bregman(out, ref, data), plain.bregman(out, ref, data))
+    assert torch.equal(wrapped.bregman_positions(data), plain.bregman_positions(data))
+    trimmed, plain_trimmed = wrapped.trim(data), plain.trim(data)
+    assert trimmed["input_ids"].shape[1] < 12 and trimmed.keys() == plain_trimmed.keys()
+    assert all(torch.equal(trimmed[k], plain_trimmed[k]) for k in trimmed)
+    model = gpt2(dtype=torch.float32, seed=3)
+    layers = find_tracked_layers(model)
+    args = PBRFArguments(optimizer="lbfgs", tol=1e-6, max_steps=4, on_failure="record")
+    res = pbrf_scores(model, wrapped, data, query_batch(2, 4, 3, seed=5), {l.name: 1e-2 for l in layers}, args,
+                      indices=torch.arange(2), layers=layers)
+    assert torch.isfinite(res.scores).all() and res.metadata["n_bregman"] == 5 and (res.steps >= 4).all()
