@@ -1,5 +1,6 @@
 """Figs. 6–7 from the accuracy study's summary table: correlation with the PBRF per method and task,
 and correlation against wall-clock (curvature fitting included)."""
+
 from __future__ import annotations
 
 import math
@@ -17,19 +18,34 @@ COLORS = {"ekfac": "tab:blue", "kfac": "tab:cyan", "lissa": "tab:orange", "ident
 
 def summary_table(long: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard error over test points, per task and method; seconds include curvature fitting."""
+
     def sem(x):
         x = x.dropna()
         return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
 
     g = long.groupby(["task", "method"], sort=False)
-    return pd.DataFrame({
-        "pearson_mean": g["pearson"].mean(), "pearson_sem": g["pearson"].agg(sem),
-        "spearman_mean": g["spearman"].mean(), "spearman_sem": g["spearman"].agg(sem),
-        "seconds": g["seconds"].first(), "n_test_points": g["pearson"].size(),
-        "n_train_points": g["n_train_points"].first(),
-        **{c: g[c].first() for c in ("pbrf_seconds", "pbrf_converged", "pbrf_linear", "pbrf_grad_ratio_max", "pbrf_eps_half_rel_diff")
-           if c in long},
-    }).reset_index()
+    return pd.DataFrame(
+        {
+            "pearson_mean": g["pearson"].mean(),
+            "pearson_sem": g["pearson"].agg(sem),
+            "spearman_mean": g["spearman"].mean(),
+            "spearman_sem": g["spearman"].agg(sem),
+            "seconds": g["seconds"].first(),
+            "n_test_points": g["pearson"].size(),
+            "n_train_points": g["n_train_points"].first(),
+            **{
+                c: g[c].first()
+                for c in (
+                    "pbrf_seconds",
+                    "pbrf_converged",
+                    "pbrf_linear",
+                    "pbrf_grad_ratio_max",
+                    "pbrf_eps_half_rel_diff",
+                )
+                if c in long
+            },
+        }
+    ).reset_index()
 
 
 def _summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -59,8 +75,15 @@ def correlation_bars(table: pd.DataFrame, metric: str = "pearson") -> plt.Figure
     x = np.arange(len(tasks))
     for i, m in enumerate(methods):
         g = s[s["method"] == m].set_index("task").reindex(tasks)
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, g[f"{metric}_mean"], width, yerr=g[f"{metric}_sem"],
-               capsize=2, label=LABELS.get(m, m), color=COLORS.get(m))
+        ax.bar(
+            x + (i - (len(methods) - 1) / 2) * width,
+            g[f"{metric}_mean"],
+            width,
+            yerr=g[f"{metric}_sem"],
+            capsize=2,
+            label=LABELS.get(m, m),
+            color=COLORS.get(m),
+        )
     labels = _task_labels(s, tasks)
     ax.set_xticks(x, [labels[t] for t in tasks])
     ax.axhline(0, color="black", lw=0.6)
@@ -79,8 +102,15 @@ def correlation_vs_time(table: pd.DataFrame, metric: str = "pearson") -> plt.Fig
     for ax, t in zip(axes[0], tasks):
         g = s[s["task"] == t]
         for _, r in g.iterrows():
-            ax.errorbar(r["seconds"], r[f"{metric}_mean"], yerr=r[f"{metric}_sem"], fmt="o", capsize=2,
-                        color=COLORS.get(r["method"]), label=LABELS.get(r["method"], r["method"]))
+            ax.errorbar(
+                r["seconds"],
+                r[f"{metric}_mean"],
+                yerr=r[f"{metric}_sem"],
+                fmt="o",
+                capsize=2,
+                color=COLORS.get(r["method"]),
+                label=LABELS.get(r["method"], r["method"]),
+            )
         ax.set_xscale("log")
         ax.set_xlabel("wall-clock (s), fitting included")
         ax.set_title(_task_labels(s, [t])[t].replace("\n", " "), fontsize=9)

@@ -1,4 +1,5 @@
 """Concentration of influence (Fig. 9): the share of a query's total positive influence held by its top x% of sequences."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,15 @@ def concentration_table(scores: pd.DataFrame, fractions=FRACTIONS) -> pd.DataFra
         total, cum = s.sum(), np.cumsum(s)
         for f in fractions:
             k = max(1, int(round(f * len(s))))
-            rows.append({"query": query, "top_fraction": f, "num_sequences": k, "num_candidates": len(s),
-                         "share": float(cum[k - 1] / total) if total > 0 else np.nan})
+            rows.append(
+                {
+                    "query": query,
+                    "top_fraction": f,
+                    "num_sequences": k,
+                    "num_candidates": len(s),
+                    "share": float(cum[k - 1] / total) if total > 0 else np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -32,8 +40,11 @@ def concentration_figure(table: pd.DataFrame):
     groups = list(table.groupby("query", sort=False))
     many = len(groups) > 10
     for i, (q, g) in enumerate(groups):
-        kw = dict(color="tab:blue", alpha=0.3, lw=0.8, label=f"each of {len(groups)} queries" if i == 0 else None) if many \
+        kw = (
+            dict(color="tab:blue", alpha=0.3, lw=0.8, label=f"each of {len(groups)} queries" if i == 0 else None)
+            if many
             else dict(marker="o", ms=3, lw=1, label=q)
+        )
         ax.plot(100 * g["top_fraction"], 100 * g["share"], **kw)
     mean = table.groupby("top_fraction")["share"].mean()
     ax.plot(100 * mean.index, 100 * mean.values, color="black", lw=2.2, label="mean")

@@ -1,4 +1,5 @@
 """Layer-wise influence (Figs. 17–21) and the layers × tokens heatmap of one sequence (Fig. 4)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,9 @@ def layer_figure(layer_table: pd.DataFrame):
     shares = block_shares(layer_table)
     grid = shares.pivot_table(index=["type", "query"], columns="block", values="share", sort=False)
     grid = grid.sort_index(level=0, sort_remaining=False)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, max(3, 0.18 * len(grid) + 1.5)),
-                                  gridspec_kw={"width_ratios": [1.3, 1]})
+    fig, (ax, ax2) = plt.subplots(
+        1, 2, figsize=(10, max(3, 0.18 * len(grid) + 1.5)), gridspec_kw={"width_ratios": [1.3, 1]}
+    )
     im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis")
     ax.set_yticks(range(len(grid)), [f"{t}: {q}" for t, q in grid.index], fontsize=5)
     ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], fontsize=7)
@@ -39,7 +41,9 @@ def layer_figure(layer_table: pd.DataFrame):
     fig.colorbar(im, ax=ax, fraction=0.04)
     by_type = shares.groupby(["type", "block"])["share"].mean().unstack("block")
     for t, row in by_type.iterrows():
-        ax2.plot(row.index, row.values, marker="o", ms=3, label=f"{t} ({shares[shares['type'] == t]['query'].nunique()})")
+        ax2.plot(
+            row.index, row.values, marker="o", ms=3, label=f"{t} ({shares[shares['type'] == t]['query'].nunique()})"
+        )
     ax2.set_xticks(list(by_type.columns))
     ax2.set_xlabel("layer block (bottom → top)")
     ax2.set_ylabel("mean share")
@@ -69,8 +73,11 @@ def token_heatmap_figure(table: pd.DataFrame):
     ax.get_xticklabels()[top].set_color("red")
     ax.get_xticklabels()[top].set_fontweight("bold")
     first = table.iloc[0]
-    ax.set_title(f"{first['query']} ← sequence #{first['sequence_id']} (score {grid.to_numpy().sum():+.3g}); "
-                 f"red: the token before the most influential prediction", fontsize=7)
+    ax.set_title(
+        f"{first['query']} ← sequence #{first['sequence_id']} (score {grid.to_numpy().sum():+.3g}); "
+        f"red: the token before the most influential prediction",
+        fontsize=7,
+    )
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
     return fig

@@ -3,6 +3,7 @@
 Read from the `top_tokens` table (query, rank, sequence_id, score, category, spurious, position, token,
 token_score); written as one HTML page and as one image per query.
 """
+
 from __future__ import annotations
 
 import html
@@ -21,21 +22,27 @@ def _colour(v: float, lim: float) -> str:
 
 
 def listings_html(tokens: pd.DataFrame, title: str = "Most influential training sequences") -> str:
-    parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto} .seq{font-family:monospace;"
-             "white-space:pre-wrap;border:1px solid #ccc;padding:6px;margin:4px 0 14px} .meta{font-size:12px;color:#444}</style>",
-             f"</head><body><h1>{html.escape(title)}</h1><p>Token colour: red = positive, blue = negative token-wise "
-             "influence (Eq. 31; a token's colour is the term of the position predicting the next token).</p>"]
+    parts = [
+        f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto} .seq{font-family:monospace;"
+        "white-space:pre-wrap;border:1px solid #ccc;padding:6px;margin:4px 0 14px} .meta{font-size:12px;color:#444}</style>",
+        f"</head><body><h1>{html.escape(title)}</h1><p>Token colour: red = positive, blue = negative token-wise "
+        "influence (Eq. 31; a token's colour is the term of the position predicting the next token).</p>",
+    ]
     for query, qg in tokens.groupby("query", sort=False):
         parts.append(f"<h2>{html.escape(str(query))}</h2>")
         for (rank, seq), g in qg.groupby(["rank", "sequence_id"], sort=True):
             first = g.iloc[0]
             lim = float(np.abs(g["token_score"]).max())
             flag = " · <b>spurious (influence on very few tokens)</b>" if first["spurious"] else ""
-            parts.append(f"<div class='meta'>#{rank} · sequence {seq} · [{html.escape(str(first['category']))}] · "
-                         f"influence {first['score']:+.4g}{flag}</div><div class='seq'>")
-            parts += [f"<span style='background:{_colour(v, lim)}'>{html.escape(str(t))}</span>"
-                      for t, v in zip(g["token"], g["token_score"])]
+            parts.append(
+                f"<div class='meta'>#{rank} · sequence {seq} · [{html.escape(str(first['category']))}] · "
+                f"influence {first['score']:+.4g}{flag}</div><div class='seq'>"
+            )
+            parts += [
+                f"<span style='background:{_colour(v, lim)}'>{html.escape(str(t))}</span>"
+                for t, v in zip(g["token"], g["token_score"])
+            ]
             parts.append("</div>")
     parts.append("</body></html>")
     return "".join(parts)
@@ -56,8 +63,13 @@ def listing_figure(tokens: pd.DataFrame, max_sequences: int = 5, width: int = 11
     lines = []  # (kind, content)
     for (rank, seq), g in seqs:
         first = g.iloc[0]
-        lines.append(("head", f"#{rank}  seq {seq}  [{first['category']}]  influence {first['score']:+.3g}"
-                              + ("  SPURIOUS" if first["spurious"] else "")))
+        lines.append(
+            (
+                "head",
+                f"#{rank}  seq {seq}  [{first['category']}]  influence {first['score']:+.3g}"
+                + ("  SPURIOUS" if first["spurious"] else ""),
+            )
+        )
         lim = float(np.abs(g["token_score"]).max())
         row, col = [], 0
         for t, v in zip(g["token"], g["token_score"]):

@@ -4,6 +4,7 @@ The paper's small models pick sequences that share the query's tokens; large one
 (Figs. 1, 10–12). Two measures: the Jaccard index of token-id sets, and the percentile of the sequence's
 BM25 score among all candidates of the query (a percentile, so it compares across corpora and queries).
 """
+
 from __future__ import annotations
 
 import numpy as np

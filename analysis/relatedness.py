@@ -3,6 +3,7 @@
 The paper finds that small models' top sequences for math and code queries are spurious token matches,
 while large models' are related solutions, also in other programming languages.
 """
+
 from __future__ import annotations
 
 import pandas as pd

@@ -4,6 +4,7 @@ Trends are plotted against non-embedding parameters on a log axis, one line per 
 error bars: the standard deviation over seeds) and the mean over queries in black; category shares are
 stacked bars per model size (means over seeds and queries).
 """
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -38,8 +39,9 @@ def trend_figure(table: pd.DataFrame, panels: list[tuple[str, str]], title: str,
 
 def mean_shares(shares: pd.DataFrame) -> pd.DataFrame:
     """Sizes × labels: the share of each label, absent counted as 0, averaged over seeds and queries."""
-    wide = shares.pivot_table(index=["size_order", "size", "seed", "query"], columns="label", values="share",
-                              aggfunc="sum", fill_value=0.0)
+    wide = shares.pivot_table(
+        index=["size_order", "size", "seed", "query"], columns="label", values="share", aggfunc="sum", fill_value=0.0
+    )
     return wide.groupby(["size_order", "size"]).mean().droplevel("size_order")
 
 
@@ -70,21 +72,32 @@ def share_bars(shares: pd.DataFrame):
 
 def abstraction_trends(points: pd.DataFrame):
     """Figs. 1, 10–12: token overlap of the top sequences, the top score and the distractor share vs size."""
-    return trend_figure(points, [("jaccard", "token Jaccard with the query"), ("bm25_percentile", "BM25 percentile"),
-                                 ("top_score", "top influence"), ("distractor_share", "share of distractors")],
-                        "Top sequences vs model size")
+    return trend_figure(
+        points,
+        [
+            ("jaccard", "token Jaccard with the query"),
+            ("bm25_percentile", "BM25 percentile"),
+            ("top_score", "top influence"),
+            ("distractor_share", "share of distractors"),
+        ],
+        "Top sequences vs model size",
+    )
 
 
 def math_code_trends(points: pd.DataFrame):
     """Figs. 13–14: spurious and related shares of the top sequences of math and code queries vs size."""
-    return trend_figure(points, [("spurious_share", "share spurious"), ("related_share", "share related")],
-                        "Math and code queries")
+    return trend_figure(
+        points, [("spurious_share", "share spurious"), ("related_share", "share related")], "Math and code queries"
+    )
 
 
 def role_play_trends(points: pd.DataFrame):
     """Figs. 28–29: share of AI-themed and science-fiction shutdown sequences among the top sequences vs size."""
-    return trend_figure(points, [("ai_share", "share of category ai"), ("scifi_share", "share of kind scifi_shutdown")],
-                        "Role-play queries")
+    return trend_figure(
+        points,
+        [("ai_share", "share of category ai"), ("scifi_share", "share of kind scifi_shutdown")],
+        "Role-play queries",
+    )
 
 
 def cross_lingual_trend(ratio: pd.DataFrame):

@@ -5,26 +5,32 @@ measured number beside the paper's, with the criterion it was judged by. Raw inf
 never compared with the paper's (its normalisation differs): only ratios, shares, correlations and trends.
 A study that did not run, or a number it could not produce, is reported as "not run" / "no data", never
 as reproduced.
+
+This module is the engine and a library of measures; which findings a study checks is on its descriptor
+(`experiments/studies/<study>.py: STUDY.findings`), and `scorecard` is given them per study.
 """
+
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 Tables = dict[str, dict[str, pd.DataFrame]]  # study name -> its tables
+Measure = Callable[[dict[str, pd.DataFrame]], tuple[float | None, str, bool | None]]  # tables -> (value, shown, holds)
 
 
 @dataclass(frozen=True)
 class Finding:
-    study: str
+    """One finding of the paper: what it reported, the criterion we judge ours by, the measure on a study's tables."""
+
     finding: str
     paper: str
     criterion: str
-    measure: Callable[[dict[str, pd.DataFrame]], tuple[float | None, str, bool | None]]  # (value, shown, holds)
+    measure: Measure
 
 
 def _summary(tables: dict[str, pd.DataFrame]) -> dict:
@@ -40,15 +46,18 @@ def _num(x) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _key_check(key: str, holds: Callable[[float], bool], fmt: str = "{:.3g}"):
+def key_check(key: str, holds: Callable[[float], bool], fmt: str = "{:.3g}"):
     """A check on one number of the study's summary row."""
+
     def measure(tables):
         v = _num(_summary(tables).get(key))
         return (None, "no data", None) if v is None else (v, fmt.format(v), bool(holds(v)))
+
     return measure
 
 
-def _power_law_best(tables):
+def power_law_best(tables):
+    """Share of the fitted queries whose tail the power law fits best (`_summary`: fitted, power_law_best_fit)."""
     s = _summary(tables)
     n, best = _num(s.get("fitted")), _num(s.get("power_law_best_fit"))
     if not n:
@@ -56,16 +65,22 @@ def _power_law_best(tables):
     return best / n, f"{int(best)} of {int(n)} queries", best / n > 0.5
 
 
-def _alpha_range(tables):
+def alpha_range(tables):
+    """Share of the `sparsity` table's fitted exponents α in [1.5, 5]."""
     t = tables.get("sparsity")
     if not isinstance(t, pd.DataFrame) or t["alpha"].dropna().empty:
         return None, "no data", None
     a = t["alpha"].dropna()
     inside = float(((a >= 1.5) & (a <= 5)).mean())
-    return inside, f"{inside:.0%} of queries in range (α {a.min():.2f}–{a.max():.2f}, median {a.median():.2f})", inside == 1.0
+    return (
+        inside,
+        f"{inside:.0%} of queries in range (α {a.min():.2f}–{a.max():.2f}, median {a.median():.2f})",
+        inside == 1.0,
+    )
 
 
-def _concentration(tables):
+def top_percent_share(tables):
+    """Median share of positive influence held by the top 1% (`concentration` table)."""
     t = tables.get("concentration")
     if not isinstance(t, pd.DataFrame) or t.empty:
         return None, "no data", None
@@ -76,7 +91,8 @@ def _concentration(tables):
     return med, f"median {med:.0%} (range {at.min():.0%}–{at.max():.0%})", 0.10 <= med <= 0.60
 
 
-def _rank32(tables):
+def rank32_pearson(tables):
+    """Mean Pearson r of rank-32 with full-rank scores (`query_rank` table)."""
     t = tables.get("query_rank")
     if not isinstance(t, pd.DataFrame) or t.empty:
         return None, "no data", None
@@ -87,7 +103,8 @@ def _rank32(tables):
     return m, f"mean Pearson {m:.3f} over {len(at)} queries (min {at.min():.3f})", m >= 0.99
 
 
-def _accuracy(tables):
+def estimators_vs_pbrf(tables):
+    """Per task, EK-FAC ≈ LiSSA and well above the dot product in Pearson r with the PBRF (`accuracy_summary`)."""
     t = tables.get("accuracy_summary")
     if not isinstance(t, pd.DataFrame) or t.empty:
         return None, "no data", None
@@ -99,30 +116,38 @@ def _accuracy(tables):
         e, li, d = float(r["ekfac"]), float(r["lissa"]), float(r["identity"])
         ok.append(abs(e - li) <= 0.1 and e - d >= 0.1)
         verified = all(bool(g[c].iloc[0]) for c in ("pbrf_converged", "pbrf_linear") if c in g)
-        parts.append(f"{task}: EK-FAC {e:.2f}, LiSSA {li:.2f}, dot {d:.2f}" + ("" if verified else " (PBRF unverified)"))
+        parts.append(
+            f"{task}: EK-FAC {e:.2f}, LiSSA {li:.2f}, dot {d:.2f}" + ("" if verified else " (PBRF unverified)")
+        )
     if not ok:
         return None, "no data (needs ekfac, lissa and identity)", None
     return float(np.mean(ok)), "; ".join(parts), all(ok)
 
 
-def _layerwise(tables):
+def layer_peaks(tables):
+    """Each query type's peak layer block in the expected third of the depth (`_summary`: blocks, <type>_peak_block)."""
     s = _summary(tables)
     nb = _num(s.get("blocks"))
-    peaks = {k.removesuffix("_peak_block"): int(v) for k, v in s.items() if k.endswith("_peak_block") and _num(v) is not None}
+    peaks = {
+        k.removesuffix("_peak_block"): int(v) for k, v in s.items() if k.endswith("_peak_block") and _num(v) is not None
+    }
     want = {"quote": "upper", "fact": "upper", "math": "middle", "code": "middle"}
     have = {t: peaks[t] for t in want if t in peaks}
     if not nb or not have:
         return None, "no data", None
 
     def third(b: int) -> str:
-        return ("lower", "middle", "upper")[min(2, int(3 * (b + 0.5) / nb))]  # the block's centre, in thirds of the depth
+        return ("lower", "middle", "upper")[
+            min(2, int(3 * (b + 0.5) / nb))
+        ]  # the block's centre, in thirds of the depth
 
     hits = [third(b) == want[t] for t, b in have.items()]
     shown = ", ".join(f"{t} peak block {b}/{int(nb)} ({third(b)})" for t, b in have.items())
     return float(np.mean(hits)), shown, all(hits)
 
 
-def _memorization(tables):
+def passages_found(tables):
+    """Share of the quote queries with a passage in the corpus that find it in their top k (`_summary`)."""
     s = _summary(tables)
     n, hit = _num(s.get("queries_with_passage_in_corpus")), _num(s.get("queries_with_passage_in_top_k"))
     if not n:
@@ -130,18 +155,25 @@ def _memorization(tables):
     return hit / n, f"{int(hit)} of {int(n)} quote queries find their passage in the top k", hit == n
 
 
-def _trend(key_smallest: str, key_largest: str, key_rho: str, sign: int):
+def size_trend(key_smallest: str, key_largest: str, key_rho: str, sign: int):
     """A scale trend: the Spearman correlation with model size has the expected sign, and the ends agree."""
+
     def measure(tables):
         s = _summary(tables)
         a, b, rho = _num(s.get(key_smallest)), _num(s.get(key_largest)), _num(s.get(key_rho))
         if a is None or b is None or rho is None:
             return None, "no data", None
-        return rho, f"Spearman ρ with size {rho:+.2f}; smallest {a:.3g} → largest {b:.3g}", bool(sign * rho > 0 and sign * (b - a) > 0)
+        return (
+            rho,
+            f"Spearman ρ with size {rho:+.2f}; smallest {a:.3g} → largest {b:.3g}",
+            bool(sign * rho > 0 and sign * (b - a) > 0),
+        )
+
     return measure
 
 
-def _distractor_check(tables):
+def distractor_drop(tables):
+    """The share of distractor sequences falls from the smallest to the largest size (`_summary`)."""
     s = _summary(tables)
     a, b = _num(s.get("distractor_share_smallest")), _num(s.get("distractor_share_largest"))
     if a is None or b is None:
@@ -149,62 +181,33 @@ def _distractor_check(tables):
     return b - a, f"smallest {a:.0%} → largest {b:.0%}", b < a
 
 
-FINDINGS: list[Finding] = [
-    Finding("sparsity", "Power law fits the influence tail best for most queries", "best for most of 8 queries",
-            "power law has the lowest AIC for > 50% of queries", _power_law_best),
-    Finding("sparsity", "Power-law exponent α in [1.5, 5]", "α 1.99–4.34 (8 queries)", "every fitted α in [1.5, 5]", _alpha_range),
-    Finding("concentration", "Top 1% of sequences hold 10–60% of positive influence", "12–52%",
-            "median share of the top 1% in [10%, 60%]", _concentration),
-    Finding("query_rank", "Rank-32 query gradients match full rank", "Pearson 0.995", "mean Pearson ≥ 0.99", _rank32),
-    Finding("accuracy", "EK-FAC ≈ LiSSA ≫ dot product against the PBRF", "EK-FAC and LiSSA similar, both well above the dot product",
-            "per task |EK-FAC − LiSSA| ≤ 0.1 and EK-FAC − dot ≥ 0.1 (Pearson)", _accuracy),
-    Finding("abstraction", "Token overlap of top sequences falls with model size", "small: token matches; large: thematic",
-            "Jaccard overlap: Spearman ρ with size < 0 and largest < smallest",
-            _trend("jaccard_smallest", "jaccard_largest", "jaccard_vs_size_spearman", -1)),
-    Finding("abstraction", "Share of token-overlap distractors among top sequences falls with size", "small: spurious token matches",
-            "distractor share largest < smallest", _distractor_check),
-    Finding("abstraction", "Top influence values fall with model size", "e.g. paperclips 0.910 → 0.075 (810M → 52B)",
-            "top score per query: Spearman ρ with size < 0 (a sign, not a magnitude)",
-            _key_check("top_score_vs_size_spearman", lambda v: v < 0, "Spearman ρ {:+.2f}")),
-    Finding("math_code", "Spurious token matches give way to related solutions with size", "small: spurious; large: related solutions",
-            "spurious share: Spearman ρ with size < 0 and largest < smallest",
-            _trend("spurious_share_smallest", "spurious_share_largest", "spurious_vs_size_spearman", -1)),
-    Finding("cross_lingual", "Cross-lingual influence rises with model size", "near zero at the smallest size, rising steadily",
-            "translated/English ratio (median over queries): Spearman ρ with size > 0 and largest > smallest",
-            _trend("cross_lingual_smallest", "cross_lingual_largest", "cross_lingual_vs_size_spearman", +1)),
-    Finding("layer_wise", "Quotes and facts peak in upper layers; math and code in middle layers", "upper / middle",
-            "each type's peak block in the expected third of the layers", _layerwise),
-    Finding("memorization", "Top sequences contain the exact memorized passages", "yes", "every quote in the corpus is found in its top k",
-            _memorization),
-    Finding("word_order", "Flipping the order cuts influence to near zero", "≤ 0.1× same-order",
-            "flipped / same-order mean influence ≤ 0.1 (largest size)", _key_check("flipped_over_same_order", lambda v: v <= 0.1)),
-    Finding("word_order", "Removing the completion removes the influence", "≈ 0", "completion-removed / same-order ≤ 0.1 (largest size)",
-            _key_check("completion_removed_over_same_order", lambda v: v <= 0.1)),
-    Finding("word_order", "Cross-lingual flipped sequences: ≥ 10× drop", "≥ 10× (English → Mandarin)",
-            "flipped / same-order in another language ≤ 0.1 (largest size)",
-            _key_check("cross_lingual_flipped_over_same_order", lambda v: v <= 0.1)),
-    Finding("role_play", "Role-play queries draw on AI-themed text more as models grow", "52B: science fiction and AI-risk text",
-            "share of `ai` sequences among top k: Spearman ρ with size > 0 and largest > smallest",
-            _trend("ai_share_smallest", "ai_share_largest", "ai_vs_size_spearman", +1)),
-]
-
-
-def scorecard(results: Tables, findings: list[Finding] = FINDINGS) -> pd.DataFrame:
-    """One row per finding: what the paper reported, what we measured, and whether it reproduced."""
+def scorecard(results: Tables, findings: Mapping[str, Sequence[Finding]]) -> pd.DataFrame:
+    """One row per finding of each study in `findings` ({study: its findings}, in order): what the paper reported,
+    what we measured on `results[study]`, and whether it reproduced ("not run" for a study not in `results`)."""
     rows = []
-    for f in findings:
-        tables = results.get(f.study)
-        if tables is None:
-            value, shown, holds = None, "not run", None
-        else:
-            try:
-                value, shown, holds = f.measure(tables)
-            except (KeyError, ValueError, TypeError) as e:  # a table without the expected columns
-                value, shown, holds = None, f"no data ({type(e).__name__}: {e})", None
-        rows.append({"study": f.study, "finding": f.finding, "paper": f.paper, "measured": shown, "value": value,
-                     "criterion": f.criterion,
-                     "reproduced": "not run" if tables is None else ("no data" if holds is None else ("yes" if holds else "no"))})
-    return pd.DataFrame(rows)
+    for study, checks in findings.items():
+        tables = results.get(study)
+        for f in checks:
+            if tables is None:
+                value, shown, holds = None, "not run", None
+            else:
+                try:
+                    value, shown, holds = f.measure(tables)
+                except (KeyError, ValueError, TypeError) as e:  # a table without the expected columns
+                    value, shown, holds = None, f"no data ({type(e).__name__}: {e})", None
+            verdict = "not run" if tables is None else ("no data" if holds is None else ("yes" if holds else "no"))
+            rows.append(
+                {
+                    "study": study,
+                    "finding": f.finding,
+                    "paper": f.paper,
+                    "measured": shown,
+                    "value": value,
+                    "criterion": f.criterion,
+                    "reproduced": verdict,
+                }
+            )
+    return pd.DataFrame(rows, columns=["study", "finding", "paper", "measured", "value", "criterion", "reproduced"])
 
 
 def scorecard_summary(card: pd.DataFrame) -> dict[str, int]:

@@ -6,6 +6,7 @@ laws supported on [u, ∞) get their lower end fixed at the tail threshold u. Th
 paper's CDF 1 − (x/x_min)^(1−α), i.e. a Pareto with shape b = α − 1 and scale x_min.
 KS p-values use the fitted parameters, so they are optimistic (a rejection is meaningful, a pass less so).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -73,9 +74,20 @@ def fit_tail(scores: np.ndarray, n: int = 500) -> pd.DataFrame:
             ks_stat, ks_p, note = float(ks.statistic), float(ks.pvalue), ""
         except (ValueError, RuntimeError, FloatingPointError) as e:  # a law scipy cannot fit to these points
             params, ll, ks_stat, ks_p, note = (), -np.inf, np.nan, np.nan, f"fit failed: {str(e).splitlines()[0][:120]}"
-        rows.append({"distribution": name, "params": params, "loglik": ll, "aic": 2 * FREE_PARAMS[name] - 2 * ll,
-                     "ks_stat": ks_stat, "ks_p": ks_p, "n_tail": len(x), "x_min": float(x.min()), "threshold": u,
-                     "note": note})
+        rows.append(
+            {
+                "distribution": name,
+                "params": params,
+                "loglik": ll,
+                "aic": 2 * FREE_PARAMS[name] - 2 * ll,
+                "ks_stat": ks_stat,
+                "ks_p": ks_p,
+                "n_tail": len(x),
+                "x_min": float(x.min()),
+                "threshold": u,
+                "note": note,
+            }
+        )
     df = pd.DataFrame(rows)
     df.loc[~np.isfinite(df["loglik"]), "aic"] = np.inf
     return df
@@ -88,17 +100,33 @@ def sparsity_tables(scores: pd.DataFrame, n: int = 500, alpha: float = 0.05) -> 
         df = fit_tail(g["score"].to_numpy(), n)
         positive = int((g["score"] > 0).sum())
         if df.empty:
-            table.append({"query": query, "alpha": np.nan, "n_positive": positive, "n_tail": positive,
-                          "best_fit": f"too few positive scores ({positive} < {MIN_TAIL})"})
+            table.append(
+                {
+                    "query": query,
+                    "alpha": np.nan,
+                    "n_positive": positive,
+                    "n_tail": positive,
+                    "best_fit": f"too few positive scores ({positive} < {MIN_TAIL})",
+                }
+            )
             continue
         df.insert(0, "query", query)
         fits.append(df)
         pl = df.set_index("distribution").loc["power_law"]
         best = df.loc[df["aic"].idxmin(), "distribution"]
-        table.append({"query": query, "alpha": pl["params"][0] + 1.0, "x_min": pl["x_min"], "n_positive": positive,
-                      "n_tail": int(pl["n_tail"]), "power_law_ks_p": pl["ks_p"],
-                      "power_law_rejected": bool(pl["ks_p"] < alpha), "best_fit": best,
-                      "power_law_aic_gap": float(pl["aic"] - df["aic"].min())})
+        table.append(
+            {
+                "query": query,
+                "alpha": pl["params"][0] + 1.0,
+                "x_min": pl["x_min"],
+                "n_positive": positive,
+                "n_tail": int(pl["n_tail"]),
+                "power_law_ks_p": pl["ks_p"],
+                "power_law_rejected": bool(pl["ks_p"] < alpha),
+                "best_fit": best,
+                "power_law_aic_gap": float(pl["aic"] - df["aic"].min()),
+            }
+        )
     fits = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame()
     if not fits.empty:
         fits["params"] = fits["params"].map(lambda p: ",".join(f"{v:.6g}" for v in p))
@@ -113,7 +141,7 @@ def ccdf_figure(scores: pd.DataFrame, fits: pd.DataFrame, table: pd.DataFrame, m
     cols = min(4, max(1, len(queries)))
     rows = max(1, (len(queries) + cols - 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
-    for ax in axes.flat[len(queries):]:
+    for ax in axes.flat[len(queries) :]:
         ax.axis("off")
     for ax, q in zip(axes.flat, queries):
         f = fits[fits["query"] == q].set_index("distribution")

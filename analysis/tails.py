@@ -1,4 +1,5 @@
 """Power-law tails of influence distributions (paper §5.2.2, Fig. 8) with scipy.stats."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -4,6 +4,7 @@ A sweep point is one trained model, (size_order, seed). Trends are Spearman corr
 size_order and a per-point value (the mean over queries), with every seed a repeated x: seeds give the
 spread, and no single seed's luck decides the sign.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,11 @@ def at_size(table: pd.DataFrame, value: str, which: str) -> float:
 
 def trend(table: pd.DataFrame, value: str, name: str, rho_name: str | None = None) -> dict[str, float]:
     """The summary keys of one scale trend: `<name>_smallest`, `<name>_largest`, `<rho_name>_vs_size_spearman`."""
-    return {f"{name}_smallest": at_size(table, value, "smallest"), f"{name}_largest": at_size(table, value, "largest"),
-            f"{rho_name or name}_vs_size_spearman": sweep_spearman(table, value)}
+    return {
+        f"{name}_smallest": at_size(table, value, "smallest"),
+        f"{name}_largest": at_size(table, value, "largest"),
+        f"{rho_name or name}_vs_size_spearman": sweep_spearman(table, value),
+    }
 
 
 def shares(top: pd.DataFrame, column: str, keys: list[str] | None = None) -> pd.DataFrame:
@@ -52,6 +56,9 @@ def share_of(top: pd.DataFrame, column: str, value, name: str, keys: list[str] |
     """Per group (default: sweep point × query), the share `name` of rows whose `column` equals `value`
     (or is one of `value`, a list); a group with none has share 0."""
     keys = keys or POINT + ["query"]
-    hit = top[column].astype(str).eq(str(value)) if not isinstance(value, (list, tuple, set)) \
+    hit = (
+        top[column].astype(str).eq(str(value))
+        if not isinstance(value, (list, tuple, set))
         else top[column].astype(str).isin([str(v) for v in value])
+    )
     return top.assign(_hit=hit.astype(np.float64)).groupby(keys, sort=False)["_hit"].mean().rename(name).reset_index()

@@ -4,6 +4,7 @@ Pure functions of the study's long table `word_order_scores` (one row per scale 
 A ratio is mean influence of one partition over the mean of another, per (size, seed, query); the headline
 is its median over forward queries and seeds at one size. Ratios are reported as measured, whatever their sign.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,12 @@ import pandas as pd
 POINT = ["size", "size_order", "seed", "params"]
 QUERY = ["query", "query_order", "fact_id"]
 PARTITIONS = ["rewording", "completion_removed", "semantic_change", "irrelevant", "flipped", "flipped_relation_removed"]
-RATIOS = ["flipped_over_same_order", "completion_removed_over_same_order", "flipped_relation_removed_over_flipped",
-          "cross_lingual_flipped_over_same_order"]
+RATIOS = [
+    "flipped_over_same_order",
+    "completion_removed_over_same_order",
+    "flipped_relation_removed_over_flipped",
+    "cross_lingual_flipped_over_same_order",
+]
 
 
 def same_and_flipped(query_order: str) -> tuple[str, str]:
@@ -40,11 +45,18 @@ def _query_ratios(g: pd.DataFrame, query_order: str) -> dict:
     en, cross = g[g["language"] == "en"], g[g["language"] != "en"]
     part = lambda df, p: df.loc[df["partition"] == p, "score"]  # noqa: E731
     forward = query_order == "forward"  # completion removal and the names-only text are defined for forward queries
-    out = {"same_order_mean": float(part(en, same).mean()), "flipped_mean": float(part(en, flip).mean()),
-           "flipped_over_same_order": _ratio(part(en, flip), part(en, same)),
-           "completion_removed_over_same_order": _ratio(part(en, "completion_removed"), part(en, same)) if forward else np.nan,
-           "flipped_relation_removed_over_flipped": _ratio(part(en, "flipped_relation_removed"), part(en, flip)) if forward else np.nan,
-           "cross_lingual_flipped_over_same_order": _ratio(part(cross, flip), part(cross, same))}
+    out = {
+        "same_order_mean": float(part(en, same).mean()),
+        "flipped_mean": float(part(en, flip).mean()),
+        "flipped_over_same_order": _ratio(part(en, flip), part(en, same)),
+        "completion_removed_over_same_order": _ratio(part(en, "completion_removed"), part(en, same))
+        if forward
+        else np.nan,
+        "flipped_relation_removed_over_flipped": _ratio(part(en, "flipped_relation_removed"), part(en, flip))
+        if forward
+        else np.nan,
+        "cross_lingual_flipped_over_same_order": _ratio(part(cross, flip), part(cross, same)),
+    }
     for lang in sorted(set(cross["language"])):
         c = cross[cross["language"] == lang]
         out[f"cross_lingual_flipped_over_same_order_{lang}"] = _ratio(part(c, flip), part(c, same))
@@ -53,8 +65,10 @@ def _query_ratios(g: pd.DataFrame, query_order: str) -> dict:
 
 def ratio_table(scores: pd.DataFrame) -> pd.DataFrame:
     """Per scale point and query: flipped/same order, completion removed/same order, names-only/flipped, cross-lingual."""
-    rows = [{**dict(zip(POINT + QUERY, key)), **_query_ratios(g, key[len(POINT) + 1])}
-            for key, g in scores.groupby(POINT + QUERY, sort=False)]
+    rows = [
+        {**dict(zip(POINT + QUERY, key)), **_query_ratios(g, key[len(POINT) + 1])}
+        for key, g in scores.groupby(POINT + QUERY, sort=False)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -68,8 +82,9 @@ def word_order_summary(ratios: pd.DataFrame) -> dict:
         for r in RATIOS:
             out[r + suffix] = float(at[r].median()) if at[r].notna().any() else float("nan")
     flipped_q = ratios[(ratios["query_order"] == "flipped") & (ratios["size_order"] == largest)]
-    out["flipped_queries_flipped_over_same_order"] = float(flipped_q["flipped_over_same_order"].median()) \
-        if len(flipped_q) else float("nan")
+    out["flipped_queries_flipped_over_same_order"] = (
+        float(flipped_q["flipped_over_same_order"].median()) if len(flipped_q) else float("nan")
+    )
     out["largest_size"] = str(ratios.loc[ratios["size_order"] == largest, "size"].iloc[0])
     out["smallest_size"] = str(ratios.loc[ratios["size_order"] == smallest, "size"].iloc[0])
     out["forward_queries"] = int(fwd["query"].nunique())
@@ -84,7 +99,11 @@ def _bar_label(partition: str, language: str, order_vs_query: str) -> str:
 
 
 def _bar_order(row) -> tuple:
-    return (row["language"] != "en", row["language"], PARTITIONS.index(row["partition"]) if row["partition"] in PARTITIONS else 99)
+    return (
+        row["language"] != "en",
+        row["language"],
+        PARTITIONS.index(row["partition"]) if row["partition"] in PARTITIONS else 99,
+    )
 
 
 def partition_figure(partitions: pd.DataFrame):
@@ -102,11 +121,21 @@ def partition_figure(partitions: pd.DataFrame):
     for k, (_, s) in enumerate(sizes.iterrows()):
         b = bars[bars["size"] == s["size"]].set_index(["partition", "language"])
         idx = [(p, l) for p, l in zip(cats["partition"], cats["language"])]
-        ax.bar(x + (k - (len(sizes) - 1) / 2) * width, b["mean"].reindex(idx).values, width,
-               yerr=b["spread"].reindex(idx).values, capsize=2, label=str(s["size"]))
+        ax.bar(
+            x + (k - (len(sizes) - 1) / 2) * width,
+            b["mean"].reindex(idx).values,
+            width,
+            yerr=b["spread"].reindex(idx).values,
+            capsize=2,
+            label=str(s["size"]),
+        )
     ax.set_xticks(x)
-    ax.set_xticklabels([_bar_label(r["partition"], r["language"], r["order_vs_query"]) for _, r in cats.iterrows()],
-                       rotation=35, ha="right", fontsize=7)
+    ax.set_xticklabels(
+        [_bar_label(r["partition"], r["language"], r["order_vs_query"]) for _, r in cats.iterrows()],
+        rotation=35,
+        ha="right",
+        fontsize=7,
+    )
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylabel("mean influence (hypothetical addition)")
     note = "" if order == "forward" else "; partitions named from the fact's side: 'flipped' = this query's own order"
@@ -126,7 +155,10 @@ def ratio_figure(ratios: pd.DataFrame):
     the line the median over seeds; forward queries solid, flipped queries dashed."""
     import matplotlib.pyplot as plt
 
-    panels = [("flipped_over_same_order", "English sequences"), ("cross_lingual_flipped_over_same_order", "Turkish + Korean sequences")]
+    panels = [
+        ("flipped_over_same_order", "English sequences"),
+        ("cross_lingual_flipped_over_same_order", "Turkish + Korean sequences"),
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=False)
     for ax, (col, title) in zip(axes, panels):
         for i, ((query, order), g) in enumerate(ratios.groupby(["query", "query_order"], sort=False)):
@@ -135,7 +167,15 @@ def ratio_figure(ratios: pd.DataFrame):
             color = f"C{i % 10}"
             ax.scatter(g["params"], g[col], s=12, color=color, alpha=0.6)
             med = g.groupby("params")[col].median()
-            ax.plot(med.index, med.values, color=color, ls="-" if order == "forward" else "--", marker="o", ms=3, label=query)
+            ax.plot(
+                med.index,
+                med.values,
+                color=color,
+                ls="-" if order == "forward" else "--",
+                marker="o",
+                ms=3,
+                label=query,
+            )
         ax.axhline(1, color="grey", lw=0.8, ls=":")
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xscale("log")
@@ -146,5 +186,7 @@ def ratio_figure(ratios: pd.DataFrame):
     axes[0].set_ylabel("ratio of mean influence")
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, fontsize=6, loc="lower center", ncol=min(4, len(labels)), bbox_to_anchor=(0.5, -0.12))
+        fig.legend(
+            handles, labels, fontsize=6, loc="lower center", ncol=min(4, len(labels)), bbox_to_anchor=(0.5, -0.12)
+        )
     return fig

@@ -9,6 +9,7 @@ time over two plain forward+backward passes (summed loss, gradients of every par
 
 Usage: python bench/bench_core.py [--large] [--threads 2] [--profile ours.prof]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,17 @@ LARGE = dict(layers=4, hidden=256, heads=4, inter=1024, vocab=8192)
 
 def build(size, seq_len, seed=0):
     torch.manual_seed(seed)
-    cfg = GPTNeoXConfig(vocab_size=size["vocab"], hidden_size=size["hidden"], intermediate_size=size["inter"],
-                        num_hidden_layers=size["layers"], num_attention_heads=size["heads"],
-                        max_position_embeddings=seq_len, hidden_dropout=0.0, attention_dropout=0.0,
-                        attn_implementation="sdpa")
+    cfg = GPTNeoXConfig(
+        vocab_size=size["vocab"],
+        hidden_size=size["hidden"],
+        intermediate_size=size["inter"],
+        num_hidden_layers=size["layers"],
+        num_attention_heads=size["heads"],
+        max_position_embeddings=seq_len,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        attn_implementation="sdpa",
+    )
     return GPTNeoXForCausalLM(cfg).float().eval()
 
 
@@ -48,8 +56,11 @@ def make_data(n, seq_len, vocab, n_queries, prompt_len, seed=0):
     qids = torch.randint(0, vocab, (n_queries, seq_len), generator=g)
     comp = torch.zeros(n_queries, seq_len, dtype=torch.long)
     comp[:, prompt_len:] = 1
-    queries = {"input_ids": qids, "attention_mask": torch.ones(n_queries, seq_len, dtype=torch.long),
-               "completion_mask": comp}
+    queries = {
+        "input_ids": qids,
+        "attention_mask": torch.ones(n_queries, seq_len, dtype=torch.long),
+        "completion_mask": comp,
+    }
     return data, queries
 
 
@@ -81,11 +92,13 @@ def run_ours(model, data, queries, batch_size, profile=None):
     prof = None
     if profile:
         import cProfile
+
         prof = cProfile.Profile()
         prof.enable()
     t0 = time.perf_counter()
-    curv = fit_curvature(model, task, data, method="ekfac", batch_size=batch_size, labels="sampled", seed=0,
-                         damping_factor=0.1)
+    curv = fit_curvature(
+        model, task, data, method="ekfac", batch_size=batch_size, labels="sampled", seed=0, damping_factor=0.1
+    )
     t1 = time.perf_counter()
     res = compute_scores(model, task, curv, queries, data, batch_size=batch_size)
     t2 = time.perf_counter()
@@ -95,8 +108,11 @@ def run_ours(model, data, queries, batch_size, profile=None):
     t3 = time.perf_counter()
     precondition_queries(model, task, curv, queries)  # timed alone: its share of compute_scores
     t4 = time.perf_counter()
-    return res.scores, {"fit (A,S pass + eigh + Λ)": t1 - t0, "scores (precondition + scan)": t2 - t1,
-                        "  of which query preconditioning": t4 - t3}
+    return res.scores, {
+        "fit (A,S pass + eigh + Λ)": t1 - t0,
+        "scores (precondition + scan)": t2 - t1,
+        "  of which query preconditioning": t4 - t3,
+    }
 
 
 def run_kronfluence(model, data, queries, batch_size, out_dir):
@@ -120,8 +136,9 @@ def run_kronfluence(model, data, queries, batch_size, out_dir):
 
         def compute_measurement(self, batch, model):  # summed completion CE: kronfluence's score is then +ours
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["input_ids"][:, 1:].reshape(-1),
-                                 reduction="none")
+            ce = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), batch["input_ids"][:, 1:].reshape(-1), reduction="none"
+            )
             return (ce * (batch["completion_mask"][:, 1:] * batch["attention_mask"][:, 1:]).reshape(-1)).sum()
 
         def get_influence_tracked_modules(self):
@@ -158,8 +175,15 @@ def run_kronfluence(model, data, queries, batch_size, out_dir):
     an.fit_lambda_matrices("f", train, per_device_batch_size=batch_size, factor_args=fargs)
     times["eigenvalue correction"] = time.perf_counter() - t
     t = time.perf_counter()
-    an.compute_pairwise_scores("s", "f", qs, train, per_device_query_batch_size=len(qs),
-                               per_device_train_batch_size=batch_size, score_args=sargs)
+    an.compute_pairwise_scores(
+        "s",
+        "f",
+        qs,
+        train,
+        per_device_query_batch_size=len(qs),
+        per_device_train_batch_size=batch_size,
+        score_args=sargs,
+    )
     times["scores"] = time.perf_counter() - t
     return an.load_pairwise_scores("s")["all_modules"], times
 
@@ -180,8 +204,10 @@ def main() -> None:
     size = LARGE if args.large else SMALL
     model = build(size, args.seq_len)
     data, queries = make_data(args.n, args.seq_len, size["vocab"], args.queries, prompt_len=args.seq_len // 2)
-    print(f"GPT-NeoX {size}, seq_len {args.seq_len}, {args.n} training sequences, {args.queries} queries, "
-          f"batch {args.batch}, float32, {args.threads} threads, torch {torch.__version__}")
+    print(
+        f"GPT-NeoX {size}, seq_len {args.seq_len}, {args.n} training sequences, {args.queries} queries, "
+        f"batch {args.batch}, float32, {args.threads} threads, torch {torch.__version__}"
+    )
 
     plain_fwd_bwd(model, {k: v[: args.batch] for k, v in data.items()}, args.batch)  # warm-up
     ref = plain_fwd_bwd(model, data, args.batch)
@@ -207,9 +233,13 @@ def main() -> None:
     fit_k = t_k["covariance"] + t_k["eigendecomposition"] + t_k["eigenvalue correction"]
     r = float(torch.corrcoef(torch.stack([mine.flatten().double(), theirs.flatten().double()]))[0, 1])
     print(f"\nfit:    ours {fit:.2f} s  kronfluence {fit_k:.2f} s  speed-up {fit_k / fit:.2f}x")
-    print(f"scores: ours {t_ours['scores (precondition + scan)']:.2f} s  kronfluence {t_k['scores']:.2f} s  "
-          f"speed-up {t_k['scores'] / t_ours['scores (precondition + scan)']:.2f}x")
-    print(f"total:  ours {total_ours:.2f} s  kronfluence {total_k:.2f} s  speed-up {total_k / total_ours:.2f}x  (goal >= 2)")
+    print(
+        f"scores: ours {t_ours['scores (precondition + scan)']:.2f} s  kronfluence {t_k['scores']:.2f} s  "
+        f"speed-up {t_k['scores'] / t_ours['scores (precondition + scan)']:.2f}x"
+    )
+    print(
+        f"total:  ours {total_ours:.2f} s  kronfluence {total_k:.2f} s  speed-up {total_k / total_ours:.2f}x  (goal >= 2)"
+    )
     print(f"Pearson(ours, kronfluence) = {r:.4f}  (goal >= 0.99; each side samples its own labels)")
 
 

@@ -6,6 +6,7 @@ distribution p(rank) ~ 1 / (rank + 2.7)^s over a V-token vocabulary (id = rank),
 are long (a pessimistic case for per-query cost).
 Usage: python bench/bench_filter.py [--n 1000000] [--seq-len 128] [--vocab 32768] [--queries 32] [--query-len 20] [--k 10000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ def zipf_ids(rng: np.random.Generator, shape: tuple[int, ...], vocab: int, s: fl
     step = max(1, (1 << 22) // max(1, flat.shape[1]))
     for a in range(0, shape[0], step):
         u = rng.random((min(step, shape[0] - a), flat.shape[1]))
-        flat[a:a + step] = np.searchsorted(cdf, u, side="right")
+        flat[a : a + step] = np.searchsorted(cdf, u, side="right")
     return out
 
 
@@ -53,8 +54,10 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
 
-    print(f"corpus: SYNTHETIC, {args.n:,} sequences x {args.seq_len} tokens, i.i.d. Zipf-Mandelbrot ids "
-          f"p(r) ~ 1/(r+2.7)^{args.zipf_s} over a {args.vocab:,}-token vocabulary (not real text)")
+    print(
+        f"corpus: SYNTHETIC, {args.n:,} sequences x {args.seq_len} tokens, i.i.d. Zipf-Mandelbrot ids "
+        f"p(r) ~ 1/(r+2.7)^{args.zipf_s} over a {args.vocab:,}-token vocabulary (not real text)"
+    )
     t = time.perf_counter()
     docs = zipf_ids(rng, (args.n, args.seq_len), args.vocab, args.zipf_s)
     queries = [q.tolist() for q in zipf_ids(rng, (args.queries, args.query_len), args.vocab, args.zipf_s)]
@@ -65,11 +68,15 @@ def main() -> None:
     build_s = time.perf_counter() - t
     del docs
     print(f"index build:      {build_s:8.2f} s   ({index!r})")
-    print(f"index memory:     {index.memory_bytes / 1e6:8.1f} MB   (sparse matrix: {index.nnz:,} (token, sequence) pairs, "
-          f"{index.nnz / args.n:.1f} distinct tokens per sequence; float64 data + int32 indices)")
+    print(
+        f"index memory:     {index.memory_bytes / 1e6:8.1f} MB   (sparse matrix: {index.nnz:,} (token, sequence) pairs, "
+        f"{index.nnz / args.n:.1f} distinct tokens per sequence; float64 data + int32 indices)"
+    )
 
     qtok = [sum(int(index.doc_freq[t]) for t in set(q)) for q in queries]
-    print(f"queries:          {args.queries} x {args.query_len} tokens, mean {np.mean(qtok) / 1e6:.2f} M postings touched per query")
+    print(
+        f"queries:          {args.queries} x {args.query_len} tokens, mean {np.mean(qtok) / 1e6:.2f} M postings touched per query"
+    )
 
     index.top_k(queries[0], args.k)  # warm-up
     with warnings.catch_warnings():
@@ -82,8 +89,10 @@ def main() -> None:
         batch_ms = (time.perf_counter() - t) / len(queries) * 1e3
     assert all(np.array_equal(a.indices, b.indices) for a, b in zip(singles, batched))
     got = np.mean([len(r.indices) for r in singles])
-    print(f"query, top {args.k:,}: {single_ms:8.1f} ms/query one at a time (top_k), "
-          f"{batch_ms:.1f} ms/query batched (top_k_many); mean {got:,.0f} candidates returned")
+    print(
+        f"query, top {args.k:,}: {single_ms:8.1f} ms/query one at a time (top_k), "
+        f"{batch_ms:.1f} ms/query batched (top_k_many); mean {got:,.0f} candidates returned"
+    )
     print(f"peak RSS:         {peak_rss_mb():8.0f} MB (whole process, incl. the generated corpus)")
 
 

@@ -9,6 +9,7 @@ Random init and random tokens: throughput does not depend on the weights.
 Usage: python bench/bench_gpu.py [--device cuda] [--precisions float32,bf16,fp16] [--n 1024] [--seq-len 512]
        [--layers 12 --hidden 768 --heads 12 --vocab 50304] [--queries 32] [--rank 32] [--batch 16] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,9 @@ def measured(dev: torch.device, out: dict):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--precisions", default=None, help="comma-separated; default float32,bf16,fp16 on CUDA, float32,bf16 on CPU")
+    ap.add_argument(
+        "--precisions", default=None, help="comma-separated; default float32,bf16,fp16 on CUDA, float32,bf16 on CPU"
+    )
     for k in CUDA_DEFAULTS:
         ap.add_argument(f"--{k.replace('_', '-')}", type=int, default=None)
     ap.add_argument("--rank", type=int, default=None, help="query rank of the scan (default: full rank)")
@@ -72,27 +75,41 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32: no silent TF32 matmuls
 
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=a["vocab"], n_embd=a["hidden"], n_layer=a["layers"], n_head=a["heads"], bos_token_id=0,
-                     eos_token_id=0, n_positions=max(1024, a["seq_len"]), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        vocab_size=a["vocab"],
+        n_embd=a["hidden"],
+        n_layer=a["layers"],
+        n_head=a["heads"],
+        bos_token_id=0,
+        eos_token_id=0,
+        n_positions=max(1024, a["seq_len"]),
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     model = GPT2LMHeadModel(cfg).to(dev).eval()
-    data = {"input_ids": torch.randint(0, a["vocab"], (a["n"], a["seq_len"])),
-            "attention_mask": torch.ones(a["n"], a["seq_len"], dtype=torch.long)}
+    data = {
+        "input_ids": torch.randint(0, a["vocab"], (a["n"], a["seq_len"])),
+        "attention_mask": torch.ones(a["n"], a["seq_len"], dtype=torch.long),
+    }
     fit_data = {k: v[: args.fit_sequences or a["n"]] for k, v in data.items()}
     q_len = min(64, a["seq_len"])
     q_ids = torch.randint(0, a["vocab"], (a["queries"], q_len))
     comp = torch.zeros_like(q_ids)
-    comp[:, q_len // 2:] = 1
+    comp[:, q_len // 2 :] = 1
     queries = {"input_ids": q_ids, "attention_mask": torch.ones_like(q_ids), "completion_mask": comp}
     tokens, fit_tokens = a["n"] * a["seq_len"], fit_data["input_ids"].numel()
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {args.threads} threads"
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"GPT-2 {a['layers']}L x {a['hidden']} ({params:.0f}M parameters), vocab {a['vocab']}, {a['n']} sequences x "
-          f"{a['seq_len']} tokens, batch {a['batch']}, {a['queries']} queries at rank {args.rank or 'full'}; "
-          f"{name}, torch {torch.__version__}")
+    print(
+        f"GPT-2 {a['layers']}L x {a['hidden']} ({params:.0f}M parameters), vocab {a['vocab']}, {a['n']} sequences x "
+        f"{a['seq_len']} tokens, batch {a['batch']}, {a['queries']} queries at rank {args.rank or 'full'}; "
+        f"{name}, torch {torch.__version__}"
+    )
 
     def plain(task) -> None:
         for i in range(0, a["n"], a["batch"]):
-            b = {k: v[i:i + a["batch"]].to(dev) for k, v in data.items()}
+            b = {k: v[i : i + a["batch"]].to(dev) for k, v in data.items()}
             model.zero_grad(set_to_none=True)
             task.loss(task.forward(model, b), b).backward()
 
@@ -111,7 +128,18 @@ def main() -> None:
                 curv = fit_curvature(model, base, fit_data, batch_size=a["batch"], device=dev, precision=p)
             runs["fit"].append(dict(m))
             with tempfile.TemporaryDirectory() as tmp, measured(dev, m):
-                scan(model, task, curv, queries, data, tmp, batch_size=a["batch"], query_rank=args.rank, device=dev, progress=False)
+                scan(
+                    model,
+                    task,
+                    curv,
+                    queries,
+                    data,
+                    tmp,
+                    batch_size=a["batch"],
+                    query_rank=args.rank,
+                    device=dev,
+                    progress=False,
+                )
             runs["scan"].append(dict(m))
         med = {k: {f: statistics.median(r[f] for r in v) for f in ("s", "peak_mib")} for k, v in runs.items()}
         rows.append((p, med))
@@ -123,8 +151,10 @@ def main() -> None:
             ratio = "" if mode == "plain" else f"{med[mode]['s'] / med['plain']['s'] * tokens / n_tok:13.2f}"
             peak = "n/a" if med[mode]["peak_mib"] != med[mode]["peak_mib"] else f"{med[mode]['peak_mib']:.0f}"
             print(f"{p:<9} {mode:<6} {n_tok / med[mode]['s']:12.0f} {peak:>10} {ratio}")
-    print(f"(medians of {args.repeats} rounds; 'x plain time' is seconds per token relative to the plain fwd+bwd "
-          f"under the same precision; the fit makes one capture pass plus the eigendecompositions)")
+    print(
+        f"(medians of {args.repeats} rounds; 'x plain time' is seconds per token relative to the plain fwd+bwd "
+        f"under the same precision; the fit makes one capture pass plus the eigendecompositions)"
+    )
 
 
 if __name__ == "__main__":

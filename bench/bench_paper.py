@@ -8,6 +8,7 @@ the time of each study and of each pipeline stage (world = load or train the mod
 breakdown = top-k layer/token split) from the run's `timings` and `stage_timings` tables. A stage served from
 its on-disk cache counts only its loading time, so run it twice to see the cost of a warm re-run.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -22,7 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str]) -> None:
     run_dir = ROOT / "outputs" / "bench" / f"paper-{time.strftime('%Y%m%d-%H%M%S')}"
-    cmd = [sys.executable, "-m", "experiments.run", "experiment=paper", "logger=none", *argv, f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.run",
+        "experiment=paper",
+        "logger=none",
+        *argv,
+        f"hydra.run.dir={run_dir}",
+    ]
     print(" ".join(cmd), flush=True)
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT)
@@ -38,7 +47,9 @@ def main(argv: list[str]) -> None:
         print(stages.groupby("stage")["seconds"].agg(["sum", "count", "max"]).round(1).to_string())
         print("\n== per model and stage (seconds)")
         print(stages.groupby(["model", "stage"])["seconds"].sum().unstack("stage").round(1).fillna(0).to_string())
-    print(f"\nwall clock {wall / 60:.1f} min (exit {p.returncode}); studies {sections['seconds'].sum() / 60:.1f} min; results in {run_dir}")
+    print(
+        f"\nwall clock {wall / 60:.1f} min (exit {p.returncode}); studies {sections['seconds'].sum() / 60:.1f} min; results in {run_dir}"
+    )
 
 
 if __name__ == "__main__":

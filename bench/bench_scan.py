@@ -5,6 +5,7 @@ The model has the shape of the embedded default's `m` (GPT-2, 6 layers x 160, vo
 training step (summed loss, every parameter's gradient), plus the query-gradient memory of each mode.
 Usage: python bench/bench_scan.py [--n 512] [--seq-len 128] [--queries 32] [--threads 2] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,27 +35,39 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=4096, n_embd=160, n_layer=6, n_head=5, n_positions=256, resid_pdrop=0.0,
-                     embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        vocab_size=4096,
+        n_embd=160,
+        n_layer=6,
+        n_head=5,
+        n_positions=256,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     model = GPT2LMHeadModel(cfg).eval()
     task = LanguageModelTask()
-    data = {"input_ids": torch.randint(0, 4096, (args.n, args.seq_len)),
-            "attention_mask": torch.ones(args.n, args.seq_len, dtype=torch.long)}
+    data = {
+        "input_ids": torch.randint(0, 4096, (args.n, args.seq_len)),
+        "attention_mask": torch.ones(args.n, args.seq_len, dtype=torch.long),
+    }
     q_ids = torch.randint(0, 4096, (args.queries, 64))
     comp = torch.zeros_like(q_ids)
     comp[:, 32:] = 1
     queries = {"input_ids": q_ids, "attention_mask": torch.ones_like(q_ids), "completion_mask": comp}
     curv = fit_curvature(model, task, {k: v[:128] for k, v in data.items()}, batch_size=args.batch)
     shapes = [l.shape for l in curv.layers]
-    print(f"GPT-2 6L x 160 (m-sized), vocab 4096, {args.n} sequences x {args.seq_len} tokens, {args.queries} queries, "
-          f"batch {args.batch}, {args.threads} threads, torch {torch.__version__}")
+    print(
+        f"GPT-2 6L x 160 (m-sized), vocab 4096, {args.n} sequences x {args.seq_len} tokens, {args.queries} queries, "
+        f"batch {args.batch}, {args.threads} threads, torch {torch.__version__}"
+    )
 
     model.train(False)
 
     def plain_pass() -> float:
         start = time.perf_counter()
         for i in range(0, args.n, args.batch):
-            b = {k: v[i:i + args.batch] for k, v in data.items()}
+            b = {k: v[i : i + args.batch] for k, v in data.items()}
             model.zero_grad(set_to_none=True)
             task.loss(task.forward(model, b), b).backward()
         return time.perf_counter() - start
@@ -62,8 +75,17 @@ def main() -> None:
     def scan_pass(n: int, rank) -> float:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            scan(model, task, curv, queries, {k: v[:n] for k, v in data.items()}, tmp, batch_size=args.batch,
-                 query_rank=rank, progress=False)
+            scan(
+                model,
+                task,
+                curv,
+                queries,
+                {k: v[:n] for k, v in data.items()},
+                tmp,
+                batch_size=args.batch,
+                query_rank=rank,
+                progress=False,
+            )
             return time.perf_counter() - start
 
     # rounds alternate the modes, so a load change on a shared machine hits them alike; medians are reported
@@ -84,9 +106,12 @@ def main() -> None:
         steady = (args.n - few) / (med[(label, args.n)] - med[(label, few)])
         mem = query_bytes(shapes, args.queries, rank) / 2**20
         pick = "  <- memory plan's pick (1 GiB budget)" if rank == planned else ""
-        print(f"scan, {label:9}: {rate:6.1f} seq/s end to end ({rate / plain:4.2f}x plain), "
-              f"{steady:6.1f} seq/s per extra sequence ({steady / plain:4.2f}x plain), fixed cost {med[(label, few)]:.2f} s, "
-              f"query gradients {mem:6.1f} MiB{pick}")
+        print(
+            f"scan, {label:9}: {rate:6.1f} seq/s end to end ({rate / plain:4.2f}x plain), "
+            f"{steady:6.1f} seq/s per extra sequence ({steady / plain:4.2f}x plain), fixed cost {med[(label, few)]:.2f} s, "
+            f"query gradients {mem:6.1f} MiB{pick}"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ reports every model, factor or scan file the run had to create). Wall-clock colu
 output directory is replaced by a placeholder; everything else (every score, every metadata value,
 including the scans' fingerprinted directory names) is hashed from its CSV, so one ulp anywhere shows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,18 +28,38 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TINY = ["model=tiny", "data=tiny", "queries=tiny", "queries.names=[shutdown,water,fact_velmora_capital,quote_hamlet]",
-        "score.num_threads=1", "logger=none"]
-SCALE = ["queries.names=[shutdown,shutdown_tr,paperclips,superintelligent,water,water_tr,water_ko,math_word_problem,"
-         "binary_search,fact_velmora_capital,fact_velmora_capital_tr,fact_velmora_capital_ko,wo_astrobia_president,"
-         "wo_astrobia_president_flipped,wo_nerevia_capital,wo_nerevia_capital_flipped]",
-         "scale.sizes=[tiny,tiny_large]", "scale.seeds=[0,1]"]
-ACCURACY = ["accuracy.tasks=[diabetes,lm]", "accuracy.n_test_points=4", "accuracy.lissa.depth=50",
-            "accuracy.lissa.batch_size=40", "++accuracy.tabular.diabetes.max_train_points=12",
-            "++accuracy.tabular.diabetes.bregman_rows=80", "accuracy.linearity_rows=2", "accuracy.tolerance_rows=2",
-            "accuracy.lm_train_sequences=3", "accuracy.lm_queries=2", "accuracy.bregman_subset=4",
-            "accuracy.lm_lissa.depth=5", "accuracy.lm_lissa.batch_size=4", "accuracy.lm_pbrf.max_steps=10",
-            "accuracy.lm_pbrf.tol=1e-4"]
+TINY = [
+    "model=tiny",
+    "data=tiny",
+    "queries=tiny",
+    "queries.names=[shutdown,water,fact_velmora_capital,quote_hamlet]",
+    "score.num_threads=1",
+    "logger=none",
+]
+SCALE = [
+    "queries.names=[shutdown,shutdown_tr,paperclips,superintelligent,water,water_tr,water_ko,math_word_problem,"
+    "binary_search,fact_velmora_capital,fact_velmora_capital_tr,fact_velmora_capital_ko,wo_astrobia_president,"
+    "wo_astrobia_president_flipped,wo_nerevia_capital,wo_nerevia_capital_flipped]",
+    "scale.sizes=[tiny,tiny_large]",
+    "scale.seeds=[0,1]",
+]
+ACCURACY = [
+    "accuracy.tasks=[diabetes,lm]",
+    "accuracy.n_test_points=4",
+    "accuracy.lissa.depth=50",
+    "accuracy.lissa.batch_size=40",
+    "++accuracy.tabular.diabetes.max_train_points=12",
+    "++accuracy.tabular.diabetes.bregman_rows=80",
+    "accuracy.linearity_rows=2",
+    "accuracy.tolerance_rows=2",
+    "accuracy.lm_train_sequences=3",
+    "accuracy.lm_queries=2",
+    "accuracy.bregman_subset=4",
+    "accuracy.lm_lissa.depth=5",
+    "accuracy.lm_lissa.batch_size=4",
+    "accuracy.lm_pbrf.max_steps=10",
+    "accuracy.lm_pbrf.tol=1e-4",
+]
 
 #: the presets and the overrides that make each fit the tiny world (key names as the current config spells them)
 PRESETS = {
@@ -55,6 +76,7 @@ PRESETS = {
     "cross_lingual": SCALE,
     "role_play": SCALE,
     "word_order": SCALE,
+    "negative_influences": [],  # added after the architecture step: recorded on the new tree
     "paper": ["paper.studies=[sparsity,concentration]", "++paper.overrides.sparsity=['sparsity.tail=100']"],
 }
 #: wall-clock columns and tables: they differ between any two runs
@@ -81,12 +103,17 @@ def run_all(output_dir: Path, only: list[str] | None = None) -> dict[str, dict[s
             if only and preset not in only:
                 continue
             overrides = [f"experiment={preset}", *TINY, *extra, f"paths.output_dir={output_dir}"]
-            if preset == "paper":  # the paper passes the command line's overrides to its sections: run it as a user does
+            if (
+                preset == "paper"
+            ):  # the paper passes the command line's overrides to its sections: run it as a user does
                 digests[preset] = run_paper(overrides, output_dir)
             else:
                 tables = runner.main(compose(config_name="config", overrides=overrides))
-                digests[preset] = {name: _digest(df, str(output_dir), name.startswith("_")) for name, df in sorted(tables.items())
-                                   if isinstance(df, pd.DataFrame) and name not in CLOCK}
+                digests[preset] = {
+                    name: _digest(df, str(output_dir), name.startswith("_"))
+                    for name, df in sorted(tables.items())
+                    if isinstance(df, pd.DataFrame) and name not in CLOCK
+                }
             print(f"{preset}: {len(digests[preset])} tables", flush=True)
     return digests
 
@@ -95,16 +122,27 @@ def run_paper(overrides: list[str], output_dir: Path) -> dict[str, str]:
     """`python -m experiments.run experiment=paper ...`; the digests of its tables and of its sections' tables."""
     run_dir = output_dir / "paper-run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "experiments.run", *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT, check=True)
-    files = sorted(run_dir.rglob("*.csv")) + sorted(run_dir.glob("*/metadata.json")) + sorted(run_dir.rglob("summary.json"))
+    subprocess.run(
+        [sys.executable, "-m", "experiments.run", *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT, check=True
+    )
+    files = (
+        sorted(run_dir.rglob("*.csv")) + sorted(run_dir.glob("*/metadata.json")) + sorted(run_dir.rglob("summary.json"))
+    )
     read = {".csv": pd.read_csv, ".json": lambda f: pd.DataFrame([json.loads(f.read_text())])}
-    return {str(f.relative_to(run_dir)): _digest(read[f.suffix](f), str(output_dir), f.suffix == ".json")
-            for f in files if f.stem not in CLOCK}
+    return {
+        str(f.relative_to(run_dir)): _digest(read[f.suffix](f), str(output_dir), f.suffix == ".json")
+        for f in files
+        if f.stem not in CLOCK
+    }
 
 
 def cache_files(output_dir: Path) -> set[str]:
-    return {str(p.relative_to(output_dir)) for d in ("models", "factors", "scans") for p in (output_dir / d).rglob("*")
-            if p.is_file()}
+    return {
+        str(p.relative_to(output_dir))
+        for d in ("models", "factors", "scans")
+        for p in (output_dir / d).rglob("*")
+        if p.is_file()
+    }
 
 
 def main() -> None:
@@ -124,13 +162,20 @@ def main() -> None:
         print(f"recorded {sum(map(len, digests.values()))} tables of {len(digests)} presets in {args.golden}")
         return
     golden = json.loads(args.golden.read_text())
-    bad = [f"{p}/{t}" for p in digests for t in sorted(set(digests[p]) | set(golden.get(p, {})))
-           if digests[p].get(t) != golden.get(p, {}).get(t)]
+    bad = [
+        f"{p}/{t}"
+        for p in digests
+        for t in sorted(set(digests[p]) | set(golden.get(p, {})))
+        if digests[p].get(t) != golden.get(p, {}).get(t)
+    ]
     created = sorted(cache_files(output_dir) - before) if before else []
     for b in bad:
         print(f"DIFFERS: {b}")
     for c in created:
         print(f"RECOMPUTED (cache fingerprint changed?): {c}")
+    uncovered = sorted({p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")} - set(PRESETS))
+    for u in uncovered:
+        print(f"NOT COVERED: preset {u} has no entry in PRESETS (add one and `record --only {u}`)")
     n = sum(map(len, digests.values()))
     print(f"{n - len(bad)} of {n} tables identical; {len(created)} cache files created in a reused output directory")
     sys.exit(1 if bad or created else 0)

@@ -1,4 +1,5 @@
 """Content fingerprints: a cached artefact is reused exactly when everything that made it is unchanged."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """Local corpora (.txt, .jsonl, .parquet, or a folder of them) read through `datasets`' local loaders."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,10 +20,14 @@ def load_local_texts(path: str, text_column: str | None = None) -> list[str]:
     """All non-empty documents under `path`, in file order."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise InfluenceError(f"data.path={path} does not exist: point it at a .txt, .jsonl or .parquet file or a folder of them")
+        raise InfluenceError(
+            f"data.path={path} does not exist: point it at a .txt, .jsonl or .parquet file or a folder of them"
+        )
     files = _files(p)
     if not files or any(f.suffix not in LOADERS for f in files):
-        raise InfluenceError(f"data.path={path} holds no .txt, .jsonl or .parquet file: convert the corpus to one of those")
+        raise InfluenceError(
+            f"data.path={path} holds no .txt, .jsonl or .parquet file: convert the corpus to one of those"
+        )
     import datasets
 
     datasets.disable_progress_bars()
@@ -34,7 +39,9 @@ def load_local_texts(path: str, text_column: str | None = None) -> list[str]:
     try:
         ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", **kwargs)
     except Exception as e:  # the loaders raise many types for malformed files
-        raise InfluenceError(f"data.path={path} could not be read as {kind}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        raise InfluenceError(
+            f"data.path={path} could not be read as {kind}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from e
     column = text_column or next((c for c in TEXT_COLUMNS if c in ds.column_names), None)
     if column is None or column not in ds.column_names:
         raise InfluenceError(f"data.path={path} has no text column (columns: {ds.column_names}): set data.text_column")

@@ -1,5 +1,6 @@
 """Turn `cfg.data` into token rows: the embedded corpus (generated, tokenizer trained, cached with
 its datasheet) or a local corpus chunked into fixed-length sequences."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +11,9 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from influence.errors import InfluenceError
+from influence.storage import atomic_dir
 
 from . import corpus as corpus_mod
-from influence.storage import atomic_dir
 from .corpus import datasheet
 from .corpus.facts import Fact
 from .fingerprint import fingerprint
@@ -33,17 +34,18 @@ class Prepared:
     train_texts: list[str]
     meta: pd.DataFrame
     val_rows: list[list[int]]
-    fingerprint: str                  # identifies corpus + tokenizer + seq_len
-    mode: str                         # "documents" (one document per row) or "chunks"
-    corpus_dir: str | None = None     # where the datasheet and tokenizer live (embedded corpus)
-    facts: list | None = None         # fictional facts stated in the corpus (embedded only)
-    heldout: list | None = None       # held-out facts (embedded only)
+    fingerprint: str  # identifies corpus + tokenizer + seq_len
+    mode: str  # "documents" (one document per row) or "chunks"
+    corpus_dir: str | None = None  # where the datasheet and tokenizer live (embedded corpus)
+    facts: list | None = None  # fictional facts stated in the corpus (embedded only)
+    heldout: list | None = None  # held-out facts (embedded only)
 
 
 def output_root(cfg: DictConfig) -> Path:
     out = cfg.get("paths", {}).get("output_dir", "outputs") if "paths" in cfg else "outputs"
     try:
         from hydra.utils import to_absolute_path
+
         return Path(to_absolute_path(str(out)))
     except Exception:
         return Path(out).absolute()
@@ -67,8 +69,13 @@ def _corpus_config(cfg: DictConfig) -> dict:
 def generate_corpus(cfg: DictConfig) -> corpus_mod.Corpus:
     d = cfg.data
     return corpus_mod.generate(
-        seed=int(d.seed), n_docs=int(d.n_docs), mix=dict(d.mix), quote_copies=tuple(d.quote_copies),
-        val_fraction=float(d.val_fraction), n_heldout=int(d.n_heldout), translated_fraction=float(d.translated_fraction),
+        seed=int(d.seed),
+        n_docs=int(d.n_docs),
+        mix=dict(d.mix),
+        quote_copies=tuple(d.quote_copies),
+        val_fraction=float(d.val_fraction),
+        n_heldout=int(d.n_heldout),
+        translated_fraction=float(d.translated_fraction),
     )
 
 
@@ -103,7 +110,9 @@ def _prepare_embedded(cfg: DictConfig, tokenizer, seq_len: int) -> Prepared:
     meta["truncated"] = cut
     meta = meta[["id", "category"] + [c for c in meta.columns if c not in ("id", "category")]]
     tok_id = "embedded" if tokenizer is None else str(getattr(tokenizer, "name_or_path", "external"))
-    return Prepared(tok, rows, texts, meta, val_rows, fingerprint(cfp, tok_id, seq_len), "documents", str(cdir), facts, heldout)
+    return Prepared(
+        tok, rows, texts, meta, val_rows, fingerprint(cfp, tok_id, seq_len), "documents", str(cdir), facts, heldout
+    )
 
 
 def _read_facts(path: Path) -> list:
@@ -128,9 +137,16 @@ def _prepare_local(cfg: DictConfig, tokenizer, seq_len: int) -> Prepared:
     rows, offsets = chunk_stream(encode(tokenizer, texts), eos, seq_len)
     n_val = int(round(float(cfg.data.get("val_fraction", 0.02)) * len(rows)))
     n_val = min(max(n_val, 1 if len(rows) > 1 else 0), len(rows) - 1)
-    train_rows, val_rows = rows[: len(rows) - n_val], rows[len(rows) - n_val:]
-    meta = pd.DataFrame({"id": range(len(train_rows)), "category": "local", "source": path,
-                         "offset": offsets[: len(train_rows)], "n_tokens": seq_len})
+    train_rows, val_rows = rows[: len(rows) - n_val], rows[len(rows) - n_val :]
+    meta = pd.DataFrame(
+        {
+            "id": range(len(train_rows)),
+            "category": "local",
+            "source": path,
+            "offset": offsets[: len(train_rows)],
+            "n_tokens": seq_len,
+        }
+    )
     train_texts = [tokenizer.decode(r) for r in train_rows]
     return Prepared(tokenizer, train_rows, train_texts, meta, val_rows, fingerprint(lfp, tok_id, seq_len), "chunks")
 

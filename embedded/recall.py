@@ -4,6 +4,7 @@ Greedy decoding reproduces an answer exactly when, at every answer position, the
 the argmax given the prompt and the answer tokens before it; so one teacher-forced forward pass
 checks greedy completion for a whole batch of probes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,10 +18,10 @@ def greedy_matches(model, tokenizer, prompts: list[str], answers: list[str], bat
     p_ids, a_ids = encode(tokenizer, prompts), encode(tokenizer, answers)
     out = []
     for s in range(0, len(prompts), batch_size):
-        rows = [p + a for p, a in zip(p_ids[s:s + batch_size], a_ids[s:s + batch_size])]
+        rows = [p + a for p, a in zip(p_ids[s : s + batch_size], a_ids[s : s + batch_size])]
         ids, _ = pad(rows, tokenizer.pad_token_id)
         pred = model(input_ids=ids).logits.argmax(-1)
-        for i, (p, a) in enumerate(zip(p_ids[s:s + batch_size], a_ids[s:s + batch_size])):
+        for i, (p, a) in enumerate(zip(p_ids[s : s + batch_size], a_ids[s : s + batch_size])):
             pos = torch.arange(len(p) - 1, len(p) + len(a) - 1)
             out.append(bool((pred[i, pos] == torch.as_tensor(a)).all()))
     return out

@@ -1,5 +1,6 @@
 """From texts to token rows: one row per document, or a stream chunked into fixed-length rows,
 and the packing of whole documents into dense training batches."""
+
 from __future__ import annotations
 
 import random
@@ -76,7 +77,9 @@ def pack(rows: list[list[int]], seq_len: int, rng: random.Random) -> list[list[l
     return packed
 
 
-def packed_tensors(rows: list[list[int]], seq_len: int, pad_id: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_tensors(
+    rows: list[list[int]], seq_len: int, pad_id: int, rng: random.Random
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed (input_ids, loss_mask) of shape (bins, seq_len); loss_mask is 0 only on padding."""
     bins = pack(rows, seq_len, rng)
     flat = [[t for r in b for t in r] for b in bins]

@@ -5,6 +5,7 @@
 fingerprint of everything that made it (corpus, tokenizer, architecture, training settings, seed),
 so it is reused, never retrained, and several seeds per size live side by side.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,6 +31,7 @@ from .models import ARCH_KEYS, build_model, non_embedding_params
 from .prepare import Prepared, output_root, prepare_data
 from .sequences import packed_tensors, pad
 
+
 def lr_at(step: int, total: int, tcfg: DictConfig) -> float:
     """Linear warmup, then cosine decay to min_lr_ratio * lr (a small final step size, near an optimum)."""
     warm = max(1, int(tcfg.warmup * total))
@@ -43,7 +45,9 @@ def lm_loss(model, ids: torch.Tensor, mask: torch.Tensor, reduction: str = "mean
     """Next-token cross-entropy over real tokens (padding sits at row ends, so no attention mask is needed)."""
     logits = model(input_ids=ids).logits[:, :-1]
     target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction=reduction)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction=reduction
+    )
 
 
 @torch.no_grad()
@@ -52,7 +56,7 @@ def eval_loss(model, rows: list[list[int]], pad_id: int, batch_size: int = 64) -
     model.eval()
     total, count = 0.0, 0
     for s in range(0, len(rows), batch_size):
-        ids, mask = pad(rows[s:s + batch_size], pad_id)
+        ids, mask = pad(rows[s : s + batch_size], pad_id)
         total += lm_loss(model, ids, mask, reduction="sum").item()
         count += int(mask[:, 1:].sum())
     model.train()
@@ -72,12 +76,13 @@ def batches(prep: Prepared, seq_len: int, batch_size: int, pad_id: int, seed: in
             rng.shuffle(perm)
             ids, mask = ids[perm], mask[perm]
         for s in range(0, len(ids) - batch_size + 1, batch_size):
-            yield epoch, ids[s:s + batch_size], mask[s:s + batch_size]
+            yield epoch, ids[s : s + batch_size], mask[s : s + batch_size]
         epoch += 1
 
 
-def train(model, prep: Prepared, tcfg: DictConfig, seq_len: int, seed: int, desc: str = "train",
-          stop_when=None) -> tuple[dict, pd.DataFrame]:
+def train(
+    model, prep: Prepared, tcfg: DictConfig, seq_len: int, seed: int, desc: str = "train", stop_when=None
+) -> tuple[dict, pd.DataFrame]:
     """Train in place; returns the summary report and the loss curve.
 
     `stop_when(model) -> bool`, checked at each evaluation, ends training early (used by tests
@@ -87,8 +92,11 @@ def train(model, prep: Prepared, tcfg: DictConfig, seq_len: int, seed: int, desc
     steps = max(1, int(tcfg.tokens) // (tcfg.batch_size * seq_len))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     other = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
-                            lr=tcfg.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": other, "weight_decay": 0.0}],
+        lr=tcfg.lr,
+        betas=(0.9, 0.95),
+    )
     val = prep.val_rows[: int(tcfg.eval_docs)]
     eval_every = max(1, steps // int(tcfg.n_evals))
     model.train()
@@ -108,7 +116,13 @@ def train(model, prep: Prepared, tcfg: DictConfig, seq_len: int, seed: int, desc
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         elapsed = time.perf_counter() - t0
         bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{seen / elapsed:.0f}", epoch=epoch)
-        row = {"step": step + 1, "tokens": seen, "seconds": round(elapsed, 3), "lr": opt.param_groups[0]["lr"], "train_loss": loss.item()}
+        row = {
+            "step": step + 1,
+            "tokens": seen,
+            "seconds": round(elapsed, 3),
+            "lr": opt.param_groups[0]["lr"],
+            "train_loss": loss.item(),
+        }
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             row["val_loss"] = eval_loss(model, val, pad_id)
         curve.append(row)
@@ -123,9 +137,13 @@ def train(model, prep: Prepared, tcfg: DictConfig, seq_len: int, seed: int, desc
     late = evals[evals["step"] >= 0.8 * steps]
     tail_drop = float(late["val_loss"].iloc[0] - late["val_loss"].iloc[-1]) if len(late) > 1 else float("nan")
     report = {
-        "steps": len(curve), "tokens_seen": seen, "epochs": round(seen / max(1, sum(map(len, prep.train_rows))), 3),
-        "train_seconds": round(seconds, 1), "tokens_per_second": round(seen / seconds, 1),
-        "final_train_loss_ema": round(ema, 4), "heldout_loss": round(float(evals["val_loss"].iloc[-1]), 4),
+        "steps": len(curve),
+        "tokens_seen": seen,
+        "epochs": round(seen / max(1, sum(map(len, prep.train_rows))), 3),
+        "train_seconds": round(seconds, 1),
+        "tokens_per_second": round(seen / seconds, 1),
+        "final_train_loss_ema": round(ema, 4),
+        "heldout_loss": round(float(evals["val_loss"].iloc[-1]), 4),
         "heldout_loss_drop_last_20pct": round(tail_drop, 4),
         "train_docs_loss": round(eval_loss(model, prep.train_rows[: int(tcfg.eval_docs)], pad_id), 4),
     }
@@ -145,8 +163,10 @@ def checks(model, prep: Prepared) -> dict:
     """Memorization and fact-recall checks (embedded corpus only: they need its quotes and facts)."""
     if prep.facts is None:
         return {}
-    return {"quotes": recall.quote_check(model, prep.tokenizer, quotes_mod.QUOTES),
-            "facts": recall.fact_recall(model, prep.tokenizer, prep.facts)}
+    return {
+        "quotes": recall.quote_check(model, prep.tokenizer, quotes_mod.QUOTES),
+        "facts": recall.fact_recall(model, prep.tokenizer, prep.facts),
+    }
 
 
 def train_and_save(cfg: DictConfig, prep: Prepared | None = None) -> Path:
@@ -157,16 +177,29 @@ def train_and_save(cfg: DictConfig, prep: Prepared | None = None) -> Path:
         return out
     seq_len, mcfg = int(cfg.data.seq_len), cfg.model
     if seq_len > int(mcfg.max_length):
-        raise InfluenceError(f"data.seq_len={seq_len} exceeds model.max_length={mcfg.max_length}: lower one or raise the other")
+        raise InfluenceError(
+            f"data.seq_len={seq_len} exceeds model.max_length={mcfg.max_length}: lower one or raise the other"
+        )
     threads = mcfg.train.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
     tok = prep.tokenizer
     model = build_model(mcfg, len(tok), tok.eos_token_id, int(cfg.seed))
     report, curve = train(model, prep, mcfg.train, seq_len, int(cfg.seed), desc=f"{mcfg.name} seed={cfg.seed}")
-    report = {"name": out.name, "model": mcfg.name, "seed": int(cfg.seed), "non_embedding_params": non_embedding_params(model),
-              "total_params": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads(),
-              "train_rows": len(prep.train_rows), "corpus_tokens": sum(map(len, prep.train_rows))} | report | checks(model, prep)
+    report = (
+        {
+            "name": out.name,
+            "model": mcfg.name,
+            "seed": int(cfg.seed),
+            "non_embedding_params": non_embedding_params(model),
+            "total_params": sum(p.numel() for p in model.parameters()),
+            "threads": torch.get_num_threads(),
+            "train_rows": len(prep.train_rows),
+            "corpus_tokens": sum(map(len, prep.train_rows)),
+        }
+        | report
+        | checks(model, prep)
+    )
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
@@ -180,8 +213,18 @@ def train_and_save(cfg: DictConfig, prep: Prepared | None = None) -> Path:
 def append_summary(path: Path, report: dict) -> None:
     """One line per trained model, rewritten atomically so the summary is never half-written."""
     old = path.read_text() if path.exists() else ""
-    atomic_write_text(path, old + json.dumps({k: v for k, v in report.items() if not isinstance(v, dict)} | {
-        "quotes_memorized": report.get("quotes", {}).get("memorized"), "fact_recall": report.get("facts", {}).get("forward_accuracy")}) + "\n")
+    atomic_write_text(
+        path,
+        old
+        + json.dumps(
+            {k: v for k, v in report.items() if not isinstance(v, dict)}
+            | {
+                "quotes_memorized": report.get("quotes", {}).get("memorized"),
+                "fact_recall": report.get("facts", {}).get("forward_accuracy"),
+            }
+        )
+        + "\n",
+    )
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)

@@ -4,6 +4,7 @@
 fingerprinted directory is missing (the same code as `python -m experiments.train`), or loads
 `cfg.model.path`, any local Hugging Face causal LM with its tokenizer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,19 +23,18 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .fingerprint import fingerprint
+from .models import context_limit, load_checkpoint
 from .prepare import Prepared, prepare_data
 from .sequences import pad
-from .tokenizer import load_tokenizer
-from .models import context_limit, load_checkpoint
 from .train import train_and_save
 
 
 @dataclass
 class TrainingSet:
-    input_ids: torch.LongTensor       # (N, T) right-padded with tokenizer.pad_token_id
+    input_ids: torch.LongTensor  # (N, T) right-padded with tokenizer.pad_token_id
     attention_mask: torch.LongTensor  # (N, T) 1 for real tokens
-    texts: list[str]                  # decoded text of each sequence
-    meta: pd.DataFrame                # one row per sequence: id, category, generator metadata
+    texts: list[str]  # decoded text of each sequence
+    meta: pd.DataFrame  # one row per sequence: id, category, generator metadata
 
 
 @dataclass
@@ -55,7 +55,9 @@ def load_queries(qcfg: DictConfig) -> list[Query]:
     if names:
         missing = [n for n in names if n not in by_name]
         if missing:
-            raise InfluenceError(f"queries.names lists unknown queries {missing}: pick from the items in the queries config")
+            raise InfluenceError(
+                f"queries.names lists unknown queries {missing}: pick from the items in the queries config"
+            )
         items = [by_name[n] for n in names]
     return [Query(it["name"], it["prompt"], it["completion"], dict(it.get("tags") or {})) for it in items]
 
@@ -63,12 +65,17 @@ def load_queries(qcfg: DictConfig) -> list[Query]:
 def check_vocab(model, tokenizer, where: str) -> None:
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
-        raise InfluenceError(f"tokenizer in {where} has {len(tokenizer)} tokens but the model embeds only {rows}: use the tokenizer the model was trained with")
+        raise InfluenceError(
+            f"tokenizer in {where} has {len(tokenizer)} tokens but the model embeds only {rows}: "
+            "use the tokenizer the model was trained with"
+        )
 
 
 def training_set(prep: Prepared) -> TrainingSet:
     ids, mask = pad(prep.train_rows, prep.tokenizer.pad_token_id)
-    return TrainingSet(input_ids=ids, attention_mask=mask, texts=list(prep.train_texts), meta=prep.meta.reset_index(drop=True))
+    return TrainingSet(
+        input_ids=ids, attention_mask=mask, texts=list(prep.train_texts), meta=prep.meta.reset_index(drop=True)
+    )
 
 
 def build_world(cfg: DictConfig) -> World:
@@ -86,8 +93,17 @@ def build_world(cfg: DictConfig) -> World:
     check_vocab(model, tok, model_dir)
     limit = context_limit(model)
     if limit and int(cfg.data.seq_len) > limit:
-        raise InfluenceError(f"data.seq_len={cfg.data.seq_len} exceeds the model's context of {limit}: lower data.seq_len")
-    return World(name=name, model=model, tokenizer=tok, train=training_set(prep), queries=load_queries(cfg.queries), model_dir=model_dir)
+        raise InfluenceError(
+            f"data.seq_len={cfg.data.seq_len} exceeds the model's context of {limit}: lower data.seq_len"
+        )
+    return World(
+        name=name,
+        model=model,
+        tokenizer=tok,
+        train=training_set(prep),
+        queries=load_queries(cfg.queries),
+        model_dir=model_dir,
+    )
 
 
 def build_world_ranked(cfg: DictConfig) -> World:

@@ -2,11 +2,15 @@
 
 Each study runs exactly as `python -m experiments.run experiment=<study> <the same overrides>` would: its config
 is composed from its own preset, the command line's overrides (those its config has keys for) and
-`paper.overrides.<study>` (plus `paper.scale_overrides` for the scale studies). Its results land in
-`<run dir>/<study>/` with their own report; models, factors and scans are shared through the on-disk caches,
+`paper.overrides.<study>` (plus `paper.scale_overrides` for the studies that sweep model sizes). Its results land
+in `<run dir>/<study>/` with their own report; models, factors and scans are shared through the on-disk caches,
 so a model is fitted and scanned once for all the studies that use it. The paper's report strings the
 sections together in the paper's order, with the scorecard (analysis/scorecard.py) and each section's time.
+
+The sections, their titles, their order and their findings are the study descriptors' (`experiments/studies`):
+nothing here lists studies. Every section's config is composed and its options read before any work starts.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
-
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
 
 from analysis.scorecard import scorecard, scorecard_summary
 from embedded.world import build_world_ranked
@@ -29,29 +32,49 @@ from influence import InfluenceError, distributed
 from .pipeline.outputs import write_tables
 from .pipeline.timing import take, timed
 from .report import publish, write_paper_report
-from .studies import get_study
+from .studies import Study, get_study, option, paper_studies, read_options
 from .tracking import log_safely
 
 log = logging.getLogger(__name__)
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
-#: (study, section title, where it is in the paper), in the paper's order
-SECTIONS = [
-    ("query_rank", "Query batching: low-rank query gradients", "§3.2.2, Fig. 3"),
-    ("tfidf_vs_unfiltered", "TF-IDF filtering vs unfiltered scans", "§3.2.1"),
-    ("accuracy", "How accurate is EK-FAC? The PBRF ground truth", "§5.1, Figs. 6–7"),
-    ("sparsity", "Sparsity: heavy-tailed influence", "§5.2, Fig. 8, Table 1"),
-    ("concentration", "Concentration of influence", "§5.2, Fig. 9"),
-    ("abstraction", "Abstraction grows with scale", "§5.3.1, Figs. 1, 10–12"),
-    ("math_code", "Math and code", "§5.3.1, Figs. 13–14"),
-    ("cross_lingual", "Cross-lingual generalization", "§5.3.1, Figs. 15–16"),
-    ("layer_wise", "Layer-wise attribution", "§5.3.2, Figs. 4, 17–21"),
-    ("memorization", "Memorization", "§5.3.3, Fig. 22"),
-    ("word_order", "Sensitivity to word ordering", "§5.3.4, Figs. 23–27"),
-    ("role_play", "Role-playing", "§5.3.5, Figs. 28–29"),
-]
-SCALE_STUDIES = {"abstraction", "math_code", "cross_lingual", "word_order", "role_play"}
+
+@dataclass
+class PaperOptions:
+    """`paper:`: which studies run, and the overrides the paper adds to theirs."""
+
+    studies: list[str] | None = option(
+        None, "null: every study of the paper, in the paper's order; or a list of names (run in the paper's order)"
+    )
+    scale_overrides: list[str] = option(
+        help="added to every study that sweeps model sizes: 4 sizes x 2 seeds fitted and scanned on a random sample of "
+        "the corpus (unfiltered, the same sample for every model)",
+        factory=lambda: ["score.max_sequences=3000", "curvature.max_sequences=3000"],
+    )
+    overrides: dict[str, list[str]] = option(
+        help="per study, added after the command line's",
+        factory=lambda: {
+            "query_rank": ["score.max_sequences=2000"],
+            "accuracy": [
+                "accuracy.tasks=[diabetes,digits]",
+                "accuracy.max_train_points=200",
+                "accuracy.tabular.digits.max_train_points=60",
+            ],
+        },
+    )
+
+    def __post_init__(self):
+        known = [s.name for s in paper_studies()]
+        for key, names in (("studies", self.studies or []), ("overrides", list(self.overrides))):
+            unknown = [s for s in names if s not in known]
+            if unknown:
+                raise InfluenceError(f"paper.{key} has unknown studies {unknown}: choose from {known}")
+
+
+def paper_options(cfg: DictConfig) -> PaperOptions:
+    """`paper:` over its defaults, read as a study's options are (unknown keys, types, checks)."""
+    return read_options(cfg, "paper", PaperOptions)
 
 
 @dataclass
@@ -59,7 +82,8 @@ class Section:
     study: str
     title: str
     where: str
-    status: str = "not run"          # ok, or the one-line error that stopped it
+    config: DictConfig | None = None  # composed before any section runs
+    status: str = "not run"  # ok, or the one-line error that stopped it
     seconds: float = 0.0
     overrides: list[str] = field(default_factory=list)
     tables: dict = field(default_factory=dict)
@@ -100,20 +124,28 @@ def _preset(study: str) -> DictConfig:
 
 def study_overrides(study: str, cfg: DictConfig, overrides: list[str]) -> list[str]:
     """The overrides a study runs with: its preset, the command line's that apply to it, and the paper's for it."""
+    opts = paper_options(cfg)
     mine = [o for o in overrides if _applies(_preset(study), o)]
-    extra = list(cfg.paper.get("overrides", {}).get(study) or [])
-    if study in SCALE_STUDIES:
-        extra = list(cfg.paper.get("scale_overrides") or []) + extra
+    extra = list(opts.overrides.get(study) or [])
+    if get_study(study).sweep:
+        extra = list(opts.scale_overrides) + extra
     return [f"experiment={study}", *mine, *extra]
 
 
 def check_overrides(studies: list[str], overrides: list[str]) -> None:
     """Every command-line key must belong to some study's config: a typo fails before an hour of work."""
     presets = [_preset(s) for s in studies]
-    bad = [o for o in overrides if _key(o).split(".", 1)[0] not in ("experiment", "paper", "hydra") and "/" not in _key(o)
-           and not any(_applies(p, o) for p in presets)]
+    bad = [
+        o
+        for o in overrides
+        if _key(o).split(".", 1)[0] not in ("experiment", "paper", "hydra")
+        and "/" not in _key(o)
+        and not any(_applies(p, o) for p in presets)
+    ]
     if bad:
-        raise InfluenceError(f"experiment=paper: override(s) {bad} match no key of any study's config: check their spelling")
+        raise InfluenceError(
+            f"experiment=paper: override(s) {bad} match no key of any study's config: check their spelling"
+        )
 
 
 class Worlds:
@@ -134,13 +166,35 @@ class Worlds:
         return self._cache[key]
 
 
-def run_section(section: Section, cfg: DictConfig, overrides: list[str], run_dir: Path, worlds: Worlds) -> Section:
-    """Run one study as its own preset would, into `<run dir>/<study>/`; a failure is recorded, not raised."""
-    section.overrides = study_overrides(section.study, cfg, overrides)
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def plan_sections(studies: list[Study], cfg: DictConfig, overrides: list[str]) -> list[Section]:
+    """One section per study, its config composed and its options read: every bad key fails here, before any work."""
+    sections, problems = [], []
+    for study in studies:
+        section = Section(study.name, study.title, study.where, overrides=study_overrides(study.name, cfg, overrides))
+        try:
+            section.config = _compose(section.overrides)
+            get_study(str(section.config.study)).read_options(section.config)
+        except Exception as e:  # noqa: BLE001 (a composition or option error of any section stops the paper now)
+            problems.append(f"{study.name}: {_first_line(e)}")
+        sections.append(section)
+    if problems:
+        raise InfluenceError(
+            f"experiment=paper: {len(problems)} section(s) cannot start ({'; '.join(problems)}): fix their overrides"
+        )
+    return sections
+
+
+def run_section(section: Section, run_dir: Path, worlds: Worlds) -> Section:
+    """Run one planned section as its own preset would, into `<run dir>/<study>/`; a failure is recorded, not raised."""
     section.directory = run_dir / section.study
     t0 = time.perf_counter()
     try:
-        sub = _compose(section.overrides)
+        sub = section.config
         study = get_study(str(sub.study))
         with distributed.collectively():  # under torchrun a failure on any rank fails the section on all
             tables = study(sub, worlds.get(sub))
@@ -162,20 +216,23 @@ def run_section(section: Section, cfg: DictConfig, overrides: list[str], run_dir
 
 def run_paper(cfg: DictConfig, run_dir: Path, overrides: list[str], tracker) -> tuple[Path, pd.DataFrame]:
     """Every study of `paper.studies`, the scorecard, `report.md` and `report.html`; returns the report and the scorecard."""
-    titles = {s: (t, w) for s, t, w in SECTIONS}
-    studies = [str(s) for s in cfg.paper.studies]
-    unknown = [s for s in studies if s not in titles]
-    if unknown:
-        raise InfluenceError(f"paper.studies has unknown studies {unknown}: choose from {[s for s, _, _ in SECTIONS]}")
-    check_overrides(studies, overrides)
+    opts = paper_options(cfg)
+    chosen = [s for s in paper_studies() if opts.studies is None or s.name in opts.studies]  # the paper's order
+    check_overrides([s.name for s in chosen], overrides)
+    planned = plan_sections(chosen, cfg, overrides)
     worlds = Worlds()
     take()  # stages timed before the paper started are not its own
-    sections = [run_section(Section(s, *titles[s]), cfg, overrides, Path(run_dir), worlds)
-                for s in [s for s, _, _ in SECTIONS if s in studies]]
-    card = scorecard({s.study: s.tables for s in sections if s.status == "ok"})
+    sections = [run_section(s, Path(run_dir), worlds) for s in planned]
+    card = scorecard(
+        {s.study: s.tables for s in sections if s.status == "ok"}, {s.name: s.findings for s in paper_studies()}
+    )
     timings = pd.DataFrame([{"study": s.study, "status": s.status, "seconds": round(s.seconds, 1)} for s in sections])
-    summary = {**scorecard_summary(card), "sections": len(sections), "sections_failed": int((timings["status"] != "ok").sum()),
-               "minutes": round(float(timings["seconds"].sum()) / 60, 2)}
+    summary = {
+        **scorecard_summary(card),
+        "sections": len(sections),
+        "sections_failed": int((timings["status"] != "ok").sum()),
+        "minutes": round(float(timings["seconds"].sum()) / 60, 2),
+    }
     frames = [s.stages for s in sections if s.stages is not None and not s.stages.empty]
     stages = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["stage", "seconds", "study"])
     tables = {"scorecard": card, "timings": timings, "stage_timings": stages, "_summary": pd.DataFrame([summary])}
@@ -184,12 +241,27 @@ def run_paper(cfg: DictConfig, run_dir: Path, overrides: list[str], tracker) -> 
     write_tables(tables, Path(run_dir))
     report = write_paper_report(Path(run_dir), overrides, sections, card, timings)
     figures = [p for s in sections for p in s.figures]
-    log_safely(tracker, Path(run_dir), cfg, {"scorecard": card, "timings": timings,
-                                             **{f"{s.study}/{k}": v for s in sections for k, v in s.tables.items()
-                                                if isinstance(v, pd.DataFrame) and not k.startswith("_") and len(v) <= 5000}},
-               figures, summary)
+    log_safely(
+        tracker,
+        Path(run_dir),
+        cfg,
+        {
+            "scorecard": card,
+            "timings": timings,
+            **{
+                f"{s.study}/{k}": v
+                for s in sections
+                for k, v in s.tables.items()
+                if isinstance(v, pd.DataFrame) and not k.startswith("_") and len(v) <= 5000
+            },
+        },
+        figures,
+        summary,
+    )
     failed = [s for s in sections if s.status != "ok"]
     if failed:
-        raise InfluenceError(f"experiment=paper: {len(failed)} of {len(sections)} studies failed "
-                             f"({'; '.join(f'{s.study}: {s.status}' for s in failed)}); the others' results and the report are in {run_dir}")
+        raise InfluenceError(
+            f"experiment=paper: {len(failed)} of {len(sections)} studies failed "
+            f"({'; '.join(f'{s.study}: {s.status}' for s in failed)}); the others' results and the report are in {run_dir}"
+        )
     return report, card

@@ -3,6 +3,7 @@
 The model is built on the meta device from its config alone (an embedded size, or the config.json of
 `model.path=`), so even a multi-billion-parameter checkpoint is planned in seconds and no weights are read.
 """
+
 from __future__ import annotations
 
 import logging

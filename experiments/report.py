@@ -1,17 +1,16 @@
 """`report.md` for each run: what ran, its headline numbers, its figures and the head of each table."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.figures import draw_all
+from analysis.figures import draw_figures
 from influence.storage import atomic_write
 
 from .pipeline.outputs import write_tables
-
-#: tables too long to be read in a report (they stay in the run directory)
-LONG = {"scores", "top_tokens", "token_heatmap", "layer_blocks", "word_order_scores", "accuracy_scores"}
+from .studies import Study, get_study
 
 
 def markdown_table(df: pd.DataFrame, max_rows: int = 15, max_chars: int = 60) -> str:
@@ -29,25 +28,63 @@ def markdown_table(df: pd.DataFrame, max_rows: int = 15, max_chars: int = 60) ->
     return "\n".join(lines)
 
 
-def publish(run_dir: Path, study: str, overrides: list[str], tables: dict) -> tuple[list[Path], Path]:
-    """A study's results into its run directory: the tables, then the figures drawn from them, then report.md."""
+def publish(run_dir: Path, study: str | Study, overrides: list[str], tables: dict) -> tuple[list[Path], Path]:
+    """A study's results into its run directory: the tables, then its figures drawn from them, then report.md."""
+    study = get_study(study) if isinstance(study, str) else study
     write_tables(tables, run_dir)
-    figures = draw_all(tables, run_dir)
-    return figures, write_report(run_dir, study, overrides, tables, figures)
+    figures = draw_figures(study.figures, tables, run_dir)
+    return figures, write_report(run_dir, study.name, overrides, tables, figures, long=study.long_tables)
 
 
-def write_report(run_dir: Path, study: str, overrides: list[str], tables: dict, figures: list[Path]) -> Path:
+def write_report(
+    run_dir: Path,
+    study: str,
+    overrides: list[str],
+    tables: dict,
+    figures: list[Path],
+    long: frozenset[str] = frozenset(),
+) -> Path:
+    """`report.md`: the overrides, the summary row, the setup, the figures and the head of every table not in `long`."""
     run_dir = Path(run_dir)
-    parts = [f"# {study}", "", f"Overrides: `{' '.join(overrides) or '(none)'}`; resolved config: `.hydra/config.yaml`.", ""]
+    parts = [
+        f"# {study}",
+        "",
+        f"Overrides: `{' '.join(overrides) or '(none)'}`; resolved config: `.hydra/config.yaml`.",
+        "",
+    ]
     summary = tables.get("_summary")
     if isinstance(summary, pd.DataFrame) and not summary.empty:
-        parts += ["## Summary", "", *[f"- **{k}**: {v:.4g}" if isinstance(v, float) else f"- **{k}**: {v}"
-                                      for k, v in summary.iloc[0].items()], ""]
+        parts += [
+            "## Summary",
+            "",
+            *[f"- **{k}**: {v:.4g}" if isinstance(v, float) else f"- **{k}**: {v}" for k, v in summary.iloc[0].items()],
+            "",
+        ]
     meta = tables.get("_metadata")
     if isinstance(meta, pd.DataFrame) and not meta.empty:
-        keep = [k for k in ("model", "curvature", "damping", "query_rank", "candidates", "filter", "num_candidates",
-                            "labels", "scale_convention") if k in meta.columns] or list(meta.columns[:15])
-        parts += ["## Setup", "", *[f"- {k}: `{meta.iloc[0][k]}`" for k in keep], "", "All metadata: `metadata.json`.", ""]
+        keep = [
+            k
+            for k in (
+                "model",
+                "curvature",
+                "damping",
+                "query_rank",
+                "candidates",
+                "filter",
+                "num_candidates",
+                "labels",
+                "scale_convention",
+            )
+            if k in meta.columns
+        ] or list(meta.columns[:15])
+        parts += [
+            "## Setup",
+            "",
+            *[f"- {k}: `{meta.iloc[0][k]}`" for k in keep],
+            "",
+            "All metadata: `metadata.json`.",
+            "",
+        ]
     pngs = [p for p in figures if p.suffix == ".png"]
     if pngs:
         parts += ["## Figures", ""]
@@ -55,11 +92,18 @@ def write_report(run_dir: Path, study: str, overrides: list[str], tables: dict, 
         if len(pngs) > 40:
             parts.append(f"\n… and {len(pngs) - 40} more in `figures/`")
         if any(p.suffix == ".html" for p in figures):
-            parts.append("\nTop sequences with token-wise colouring: [figures/top_sequences.html](figures/top_sequences.html)")
+            parts.append(
+                "\nTop sequences with token-wise colouring: [figures/top_sequences.html](figures/top_sequences.html)"
+            )
         parts.append("")
     for name, df in tables.items():
-        if isinstance(df, pd.DataFrame) and not name.startswith("_") and name not in LONG and not df.empty:
-            parts += [f"## Table `{name}` ({len(df)} rows)", "", markdown_table(df.drop(columns=[c for c in ("text",) if c in df])), ""]
+        if isinstance(df, pd.DataFrame) and not name.startswith("_") and name not in long and not df.empty:
+            parts += [
+                f"## Table `{name}` ({len(df)} rows)",
+                "",
+                markdown_table(df.drop(columns=[c for c in ("text",) if c in df])),
+                "",
+            ]
     path = run_dir / "report.md"
     text = "\n".join(parts)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -78,32 +122,50 @@ def _summary_lines(tables: dict) -> list[str]:
     return [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in s.iloc[0].items()]
 
 
-def write_paper_report(run_dir: Path, overrides: list[str], sections: list, card: pd.DataFrame, timings: pd.DataFrame) -> Path:
+def write_paper_report(
+    run_dir: Path, overrides: list[str], sections: list, card: pd.DataFrame, timings: pd.DataFrame
+) -> Path:
     """`report.md` and a self-contained `report.html` (figures inline) for `experiment=paper`, in the paper's order."""
     import base64
     import html
 
     run_dir = Path(run_dir)
     shown = card.drop(columns=["value"])
-    md = ["# Studying LLM generalization with influence functions: the whole paper at the embedded scale", "",
-          f"Overrides: `{' '.join(overrides) or '(none)'}`. Each section ran as `experiment=<study>`; its own report, "
-          "tables and figures are in its folder.", "",
-          "## Findings scorecard", "",
-          "Scale-free checks of the paper's findings on our models (raw influence magnitudes are not compared: "
-          "the paper's normalisation differs). `no` means the finding did not reproduce at this scale.", "",
-          markdown_table(shown, max_rows=100, max_chars=120), ""]
-    body = ["<h1>Studying LLM generalization with influence functions: the whole paper at the embedded scale</h1>",
-            f"<p>Overrides: <code>{html.escape(' '.join(overrides) or '(none)')}</code>. Each section ran as "
-            "<code>experiment=&lt;study&gt;</code>; its own report, tables and figures are in its folder.</p>",
-            "<h2>Findings scorecard</h2>",
-            "<p>Scale-free checks of the paper's findings on our models (raw influence magnitudes are not compared: the "
-            "paper's normalisation differs). <b>no</b> means the finding did not reproduce at this scale.</p>",
-            shown.to_html(index=False, escape=True, border=0, classes="card")]
+    md = [
+        "# Studying LLM generalization with influence functions: the whole paper at the embedded scale",
+        "",
+        f"Overrides: `{' '.join(overrides) or '(none)'}`. Each section ran as `experiment=<study>`; its own report, "
+        "tables and figures are in its folder.",
+        "",
+        "## Findings scorecard",
+        "",
+        "Scale-free checks of the paper's findings on our models (raw influence magnitudes are not compared: "
+        "the paper's normalisation differs). `no` means the finding did not reproduce at this scale.",
+        "",
+        markdown_table(shown, max_rows=100, max_chars=120),
+        "",
+    ]
+    body = [
+        "<h1>Studying LLM generalization with influence functions: the whole paper at the embedded scale</h1>",
+        f"<p>Overrides: <code>{html.escape(' '.join(overrides) or '(none)')}</code>. Each section ran as "
+        "<code>experiment=&lt;study&gt;</code>; its own report, tables and figures are in its folder.</p>",
+        "<h2>Findings scorecard</h2>",
+        "<p>Scale-free checks of the paper's findings on our models (raw influence magnitudes are not compared: the "
+        "paper's normalisation differs). <b>no</b> means the finding did not reproduce at this scale.</p>",
+        shown.to_html(index=False, escape=True, border=0, classes="card"),
+    ]
     for s in sections:
         head = f"{s.title} ({s.where}): `{s.study}`"
-        md += [f"## {head}", "", f"Status: {s.status}; {s.seconds:.0f} s. Report: [{s.study}/report.md]({s.study}/report.md).", ""]
-        body += [f"<h2>{html.escape(s.title)} <small>({html.escape(s.where)}; <code>{s.study}</code>)</small></h2>",
-                 f"<p>Status: {html.escape(s.status)}; {s.seconds:.0f} s. Details: <a href='{s.study}/report.md'>{s.study}/report.md</a></p>"]
+        md += [
+            f"## {head}",
+            "",
+            f"Status: {s.status}; {s.seconds:.0f} s. Report: [{s.study}/report.md]({s.study}/report.md).",
+            "",
+        ]
+        body += [
+            f"<h2>{html.escape(s.title)} <small>({html.escape(s.where)}; <code>{s.study}</code>)</small></h2>",
+            f"<p>Status: {html.escape(s.status)}; {s.seconds:.0f} s. Details: <a href='{s.study}/report.md'>{s.study}/report.md</a></p>",
+        ]
         lines = _summary_lines(s.tables)
         if lines:
             md += [*[f"- {ln}" for ln in lines], ""]
@@ -112,14 +174,19 @@ def write_paper_report(run_dir: Path, overrides: list[str], sections: list, card
             rel = p.relative_to(run_dir).as_posix()
             md.append(f"![{p.stem}]({rel})")
             data = base64.b64encode(p.read_bytes()).decode()
-            body.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(p.stem)}'>"
-                        f"<figcaption>{html.escape(rel)}</figcaption></figure>")
+            body.append(
+                f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(p.stem)}'>"
+                f"<figcaption>{html.escape(rel)}</figcaption></figure>"
+            )
         md.append("")
     md += ["## Time per section", "", markdown_table(timings, max_rows=100, max_chars=120), ""]
     body += ["<h2>Time per section</h2>", timings.to_html(index=False, border=0)]
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;line-height:1.4} img{max-width:100%} "
-             "table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}")
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>influence-studies: paper</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:auto;line-height:1.4} img{max-width:100%} "
+        "table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}"
+    )
+    head = f"<meta charset='utf-8'><title>influence-studies: paper</title><style>{style}</style>"
+    page = f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>"
     atomic_write(run_dir / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     path = run_dir / "report.md"
     atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(md), encoding="utf-8"))

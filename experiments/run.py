@@ -3,6 +3,7 @@
 Tables land in the Hydra run directory as parquet (and CSV for reading by eye); the
 resolved config is kept there by Hydra (.hydra/config.yaml).
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,6 +21,7 @@ from embedded.world import build_world_ranked
 from influence import InfluenceError, distributed
 
 from .paper import run_paper
+from .pipeline.options import check as check_options
 from .report import publish
 from .studies import get_study
 from .tracking import log_safely, make_tracker
@@ -67,7 +69,8 @@ def join_ranks(cfg: DictConfig) -> None:
 
 def main(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     """Run the configured study; write its tables, figures and report.md; mirror them to the tracker."""
-    if cfg.score.get("num_threads"):
+    check_options(cfg)  # a bad score, scale or layers option fails before any work
+    if cfg.score.num_threads:
         torch.set_num_threads(int(cfg.score.num_threads))
     join_ranks(cfg)
     name = str(cfg.get("study", "top_influences"))
@@ -81,6 +84,7 @@ def main(cfg: DictConfig) -> dict[str, pd.DataFrame]:
         print(f"\npaper: results in {run_dir} (report: {report}, {report.with_suffix('.html')})")
         return {"scorecard": card}
     study = get_study(name)
+    study.read_options(cfg)  # a misspelt or invalid `<study>.*` option fails before any work
     tracker = make_tracker(cfg) if distributed.is_main() else None  # a bad logger config fails before any work
     world = build_world_ranked(cfg)  # rank 0 trains (or prepares) the world first; the others then load it
     world.model.to(cfg.score.device)

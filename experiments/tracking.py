@@ -5,6 +5,7 @@ builds it with `hydra.utils.instantiate`: a new tracker is a class with `log_run
 Logging never costs a run its results: the tables, figures and report are written before the tracker
 is called, and a tracker failure is a warning.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,10 @@ log = logging.getLogger(__name__)
 
 def _check_name(name: str, option: str) -> None:
     if name != option:
-        raise InfluenceError(f"logger.name={name!r} but logger._target_ builds the {option!r} tracker: "
-                             "choose the tracker with logger=<option>")
+        raise InfluenceError(
+            f"logger.name={name!r} but logger._target_ builds the {option!r} tracker: "
+            "choose the tracker with logger=<option>"
+        )
 
 
 class NoTracker:
@@ -44,8 +47,16 @@ class WandbTracker:
 
     name = "wandb"
 
-    def __init__(self, name: str = "wandb", project: str = "influence-studies", entity: str | None = None,
-                 mode: str = "offline", group: str | None = None, tags=(), max_table_rows: int = 5000):
+    def __init__(
+        self,
+        name: str = "wandb",
+        project: str = "influence-studies",
+        entity: str | None = None,
+        mode: str = "offline",
+        group: str | None = None,
+        tags=(),
+        max_table_rows: int = 5000,
+    ):
         _check_name(name, "wandb")
         if mode not in ("online", "offline", "disabled"):
             raise InfluenceError(f"logger.mode={mode!r}: use online, offline or disabled")
@@ -55,10 +66,19 @@ class WandbTracker:
     def log_run(self, run_dir: Path, cfg: DictConfig, tables: dict, figures: list[Path], summary: dict) -> None:
         import wandb
 
-        run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(run_dir),
-                         group=self.group or run_group(cfg), name=run_name(cfg), job_type=str(cfg.study),
-                         tags=self.tags, config=OmegaConf.to_container(cfg, resolve=True),
-                         settings=wandb.Settings(silent=True, console="off"), reinit="finish_previous")
+        run = wandb.init(
+            project=self.project,
+            entity=self.entity,
+            mode=self.mode,
+            dir=str(run_dir),
+            group=self.group or run_group(cfg),
+            name=run_name(cfg),
+            job_type=str(cfg.study),
+            tags=self.tags,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            settings=wandb.Settings(silent=True, console="off"),
+            reinit="finish_previous",
+        )
         try:
             for path in figures:
                 if path.suffix == ".png":
@@ -105,8 +125,10 @@ def make_tracker(cfg: DictConfig):
     except InstantiationException as e:
         if isinstance(e.__cause__, InfluenceError):
             raise e.__cause__ from None
-        raise InfluenceError(f"logger: {str(e).splitlines()[0]} {str(e.__cause__ or '')}: "
-                             "choose a tracker with logger=wandb or logger=none, with its options") from e
+        raise InfluenceError(
+            f"logger: {str(e).splitlines()[0]} {str(e.__cause__ or '')}: "
+            "choose a tracker with logger=wandb or logger=none, with its options"
+        ) from e
     if not callable(getattr(tracker, "log_run", None)):
         raise InfluenceError("logger has no _target_: choose a tracker with logger=wandb or logger=none")
     return tracker
@@ -118,7 +140,8 @@ def log_safely(tracker, run_dir: Path, cfg: DictConfig, tables: dict, figures: l
         tracker.log_run(run_dir, cfg, tables, figures, summary)
         return True
     except Exception as e:  # noqa: BLE001 - a tracker must never lose a run
-        msg = f"{tracker.name} logging failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the results are kept in {run_dir}"
+        first = str(e).splitlines()[0] if str(e) else ""
+        msg = f"{tracker.name} logging failed ({type(e).__name__}: {first}); the results are kept in {run_dir}"
         log.warning(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
         return False

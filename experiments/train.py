@@ -1,4 +1,5 @@
 """`python -m experiments.train model=s seed=1`: train one embedded model (the code is `embedded.train`)."""
+
 from embedded.train import main
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Each field documents itself in `metadata["help"]`, and `__post_init__` refuses a
 that says what to use instead. The curvature methods' options are the configs in `curvature/` (FitConfig
 and its subclasses), chosen by method name; these are the options of a scan and of the PBRF.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,19 +37,27 @@ class ScanArguments:
     """How `scan` batches, checkpoints and stores the queries; none of these change a score except `query_rank`."""
 
     batch_size: int = field(default=16, metadata={"help": "Training sequences per capture pass."})
-    query_rank: int | None = field(default=None, metadata={
-        "help": "Rank r of each layer's stored preconditioned query gradient (truncated SVD, paper §3.2.2); "
-                "None keeps it at full rank."})
-    chunk_batches: int = field(default=8, metadata={
-        "help": "Batches per checkpointed chunk: a killed scan resumes from its last finished chunk."})
-    device: str | None = field(default=None, metadata={
-        "help": "Device of the passes (e.g. 'cuda'); None uses the model's."})
+    query_rank: int | None = field(
+        default=None,
+        metadata={
+            "help": "Rank r of each layer's stored preconditioned query gradient (truncated SVD, paper §3.2.2); "
+            "None keeps it at full rank."
+        },
+    )
+    chunk_batches: int = field(
+        default=8,
+        metadata={"help": "Batches per checkpointed chunk: a killed scan resumes from its last finished chunk."},
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "Device of the passes (e.g. 'cuda'); None uses the model's."}
+    )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (main rank only)."})
 
     def __post_init__(self):
         if self.batch_size < 1 or self.chunk_batches < 1:
-            raise InfluenceError(f"scan batch_size and chunk_batches must be >= 1, got {self.batch_size} and "
-                                 f"{self.chunk_batches}")
+            raise InfluenceError(
+                f"scan batch_size and chunk_batches must be >= 1, got {self.batch_size} and {self.chunk_batches}"
+            )
         if self.query_rank is not None and self.query_rank < 1:
             raise InfluenceError(f"query rank must be a positive integer or null for full rank, got {self.query_rank}")
 
@@ -57,28 +66,46 @@ class ScanArguments:
 class PBRFArguments:
     """How `pbrf_scores` solves the proximal Bregman objective; see `influence.pbrf` for the objective itself."""
 
-    epsilon: float = field(default=1e-3, metadata={
-        "help": "Weight ε of the training example; the score is the central difference at ±ε."})
+    epsilon: float = field(
+        default=1e-3, metadata={"help": "Weight ε of the training example; the score is the central difference at ±ε."}
+    )
     optimizer: str = field(default="adam", metadata={"help": f"One of {list(OPTIMIZERS)}."})
     lr: float = field(default=0.01, metadata={"help": "Adam's initial step size (on the O(1) rescaled iterate)."})
-    max_steps: int = field(default=2000, metadata={
-        "help": "Budget of objective/gradient evaluations per solve (one solve per row and sign of ε)."})
-    tol: float = field(default=1e-3, metadata={
-        "help": "Converged when the gradient norm falls to tol × its value at θs (‖∇L(z_m)‖)."})
-    patience: int = field(default=20, metadata={
-        "help": "Adam halves its step size after this many steps without a 10% fall of the gradient norm."})
+    max_steps: int = field(
+        default=2000,
+        metadata={"help": "Budget of objective/gradient evaluations per solve (one solve per row and sign of ε)."},
+    )
+    tol: float = field(
+        default=1e-3, metadata={"help": "Converged when the gradient norm falls to tol × its value at θs (‖∇L(z_m)‖)."}
+    )
+    patience: int = field(
+        default=20,
+        metadata={"help": "Adam halves its step size after this many steps without a 10% fall of the gradient norm."},
+    )
     min_lr_ratio: float = field(default=1e-4, metadata={"help": "Adam's step size never falls below lr × this."})
     batch_size: int = field(default=1024, metadata={"help": "Bregman rows per forward/backward pass."})
-    dtype: torch.dtype | None = field(default=None, metadata={
-        "help": "Work on a copy of the model in this dtype (e.g. torch.float64); None works in place and "
-                "restores the parameters exactly afterwards."})
+    dtype: torch.dtype | None = field(
+        default=None,
+        metadata={
+            "help": "Work on a copy of the model in this dtype (e.g. torch.float64); None works in place and "
+            "restores the parameters exactly afterwards."
+        },
+    )
     history: int = field(default=100, metadata={"help": "L-BFGS's memory (correction pairs)."})
-    on_failure: str = field(default="raise", metadata={
-        "help": "A solve that misses tol within max_steps: 'raise' an InfluenceError, or 'record' it in "
-                "grad_norm / converged and go on."})
-    warm_start: str = field(default="none", metadata={
-        "help": "'mirror' starts the −ε solve at the +ε solution reflected through θs (right to first order in "
-                "ε); 'none' starts both at θs. Only the optimizer's path changes."})
+    on_failure: str = field(
+        default="raise",
+        metadata={
+            "help": "A solve that misses tol within max_steps: 'raise' an InfluenceError, or 'record' it in "
+            "grad_norm / converged and go on."
+        },
+    )
+    warm_start: str = field(
+        default="none",
+        metadata={
+            "help": "'mirror' starts the −ε solve at the +ε solution reflected through θs (right to first order in "
+            "ε); 'none' starts both at θs. Only the optimizer's path changes."
+        },
+    )
 
     def __post_init__(self):
         if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
@@ -90,5 +117,7 @@ class PBRFArguments:
         if self.on_failure not in ("raise", "record"):
             raise InfluenceError(f"on_failure must be 'raise' or 'record', got {self.on_failure!r}")
         if self.max_steps < 1 or not self.tol > 0 or not self.lr > 0 or self.history < 1 or self.batch_size < 1:
-            raise InfluenceError(f"PBRF optimizer settings must be positive (max_steps={self.max_steps}, "
-                                 f"tol={self.tol}, lr={self.lr}, history={self.history}, batch_size={self.batch_size})")
+            raise InfluenceError(
+                f"PBRF optimizer settings must be positive (max_steps={self.max_steps}, "
+                f"tol={self.tol}, lr={self.lr}, history={self.history}, batch_size={self.batch_size})"
+            )

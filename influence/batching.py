@@ -2,6 +2,7 @@
 
 The sequence index travels with each batch: it keys the sampled labels and names results.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -13,7 +14,9 @@ from .errors import InfluenceError
 
 def num_rows(data: dict[str, torch.Tensor]) -> int:
     if not data:
-        raise InfluenceError("training data is empty: pass a dict of tensors such as {'input_ids': ..., 'attention_mask': ...}")
+        raise InfluenceError(
+            "training data is empty: pass a dict of tensors such as {'input_ids': ..., 'attention_mask': ...}"
+        )
     sizes = {k: v.shape[0] for k, v in data.items()}
     if len(set(sizes.values())) != 1:
         raise InfluenceError(f"training data tensors disagree on their number of rows: {sizes}")

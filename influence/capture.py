@@ -4,6 +4,7 @@ Everything the estimator needs is built from these two tensors: per-sequence gra
 DW = Σ_t Ds_t ā_tᵀ, the Kronecker factors, and token-wise scores. Parameter gradients are
 never formed, so a capture pass costs a forward and an activation-only backward.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,12 +41,15 @@ class LayerCapture:
     def _hook(self, layer: TrackedLayer):
         def hook(module, args, output):
             if layer.name in self.inputs:
-                raise InfluenceError(f"layer {layer.name} ran twice in one forward pass: shared modules cannot be tracked")
+                raise InfluenceError(
+                    f"layer {layer.name} ran twice in one forward pass: shared modules cannot be tracked"
+                )
             # under autocast a layer may see bf16/fp16 inputs: captures are kept in float32 at least
             self.inputs[layer.name] = homogeneous(_as_tokens(widen(args[0].detach())), layer.has_bias)
             if not output.requires_grad:  # parameters frozen: start the graph here
                 output.requires_grad_()
             self._outputs[layer.name] = output
+
         return hook
 
     def __enter__(self) -> "LayerCapture":
@@ -57,7 +61,9 @@ class LayerCapture:
             h.remove()
         self._handles = []
 
-    def output_grads(self, scalar: torch.Tensor, retain_graph: bool = False, grad_outputs=None) -> dict[str, torch.Tensor]:
+    def output_grads(
+        self, scalar: torch.Tensor, retain_graph: bool = False, grad_outputs=None
+    ) -> dict[str, torch.Tensor]:
         """d scalar / d s for each tracked layer's output s, shaped (B, T, P); with `grad_outputs` g, the
         vector-Jacobian product gᵀ d`scalar`/ds (`scalar` is then a tensor such as the model's outputs)."""
         names = [l.name for l in self.layers if l.name in self._outputs]
@@ -65,7 +71,9 @@ class LayerCapture:
         if missing:
             raise InfluenceError(f"tracked layers {missing} did not run in the forward pass: check the module patterns")
         outs = [self._outputs[n] for n in names]
-        grads = torch.autograd.grad(scalar, outs, grad_outputs=grad_outputs, allow_unused=True, retain_graph=retain_graph)
+        grads = torch.autograd.grad(
+            scalar, outs, grad_outputs=grad_outputs, allow_unused=True, retain_graph=retain_graph
+        )
         result = {}
         for n, o, g in zip(names, outs, grads):
             result[n] = _as_tokens(widen(torch.zeros_like(o) if g is None else g))
@@ -105,4 +113,6 @@ def sequence_gradients(a: torch.Tensor, ds: torch.Tensor) -> torch.Tensor:
 def check_finite(t: torch.Tensor, what: str) -> None:
     """One reduction instead of an elementwise scan: a sum is finite iff every element is (barring overflow)."""
     if not torch.isfinite(t.sum()):
-        raise InfluenceError(f"non-finite values (NaN/Inf) in {what}: check the model weights and inputs (or lower the learning rate that produced them)")
+        raise InfluenceError(
+            f"non-finite values (NaN/Inf) in {what}: check the model weights and inputs (or lower the learning rate that produced them)"
+        )

@@ -4,6 +4,7 @@ The library calls these unconditionally: without an initialised process group ev
 code path reduces to the single-process one (rank 0 of 1, sums unchanged, no communication),
 so one process behaves exactly as it did before distributed support existed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -124,8 +125,10 @@ def init_from_env(backend: str | None = None, device: str | None = None) -> bool
         return False
     missing = [k for k in _ENV if not os.environ.get(k)]
     if missing:
-        raise InfluenceError(f"WORLD_SIZE>1 but {', '.join(missing)} not set: launch with torchrun "
-                             "(torchrun --nproc_per_node=N -m experiments.run ...) or set them yourself")
+        raise InfluenceError(
+            f"WORLD_SIZE>1 but {', '.join(missing)} not set: launch with torchrun "
+            "(torchrun --nproc_per_node=N -m experiments.run ...) or set them yourself"
+        )
     if backend is None:
         backend = "nccl" if device is not None and str(device).startswith("cuda") else "gloo"
     if backend == "nccl":

@@ -19,6 +19,7 @@ The index is an inverted sparse matrix (vocab x documents, CSR) so a query touch
 posting lists of its own tokens; scoring is one sparse-sparse product, with no Python loop over
 documents.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,7 +76,9 @@ def _flatten_sequences(docs, attention_mask, what: str) -> tuple[np.ndarray, np.
     if hasattr(docs, "ndim") and not isinstance(docs, (list, tuple)):
         arr = _to_numpy(docs)
         if arr.ndim != 2:
-            raise InfluenceError(f"{what}: give a 2-D (N, T) array of token ids or a list of token-id lists, got shape {arr.shape}")
+            raise InfluenceError(
+                f"{what}: give a 2-D (N, T) array of token ids or a list of token-id lists, got shape {arr.shape}"
+            )
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
             raise InfluenceError(f"{what}: token ids must be integers, got dtype {arr.dtype}")
         if attention_mask is None:
@@ -84,17 +87,23 @@ def _flatten_sequences(docs, attention_mask, what: str) -> tuple[np.ndarray, np.
         else:
             mask = _to_numpy(attention_mask)
             if mask.shape != arr.shape:
-                raise InfluenceError(f"{what}: attention_mask has shape {mask.shape}, token ids {arr.shape}: pass the matching mask")
+                raise InfluenceError(
+                    f"{what}: attention_mask has shape {mask.shape}, token ids {arr.shape}: pass the matching mask"
+                )
             mask = mask.astype(bool, copy=False)
             lengths = mask.sum(axis=1, dtype=np.int64)
             flat = arr[mask]  # row-major, so each document's tokens stay contiguous
     else:
         if attention_mask is not None:
-            raise InfluenceError(f"{what}: attention_mask only goes with a 2-D (N, T) array; drop it for lists of token ids")
+            raise InfluenceError(
+                f"{what}: attention_mask only goes with a 2-D (N, T) array; drop it for lists of token ids"
+            )
         docs = list(docs)
         if docs and all(isinstance(s, numbers.Integral) for s in docs):
-            raise InfluenceError(f"{what}: got a flat list of ints; wrap it as a list of token-id lists ([ids]), "
-                                 "or use top_k/scores for a single query")
+            raise InfluenceError(
+                f"{what}: got a flat list of ints; wrap it as a list of token-id lists ([ids]), "
+                "or use top_k/scores for a single query"
+            )
         seqs = [_to_numpy(s).reshape(-1) for s in docs]
         for s in seqs:
             if s.size and not np.issubdtype(s.dtype, np.integer):
@@ -118,7 +127,9 @@ def _resolve_k(k, n: int) -> int:
         return min(int(k), n)
     if isinstance(k, numbers.Real):
         if not (0.0 < k <= 1.0) or math.isnan(k):
-            raise InfluenceError(f"k={k}: a float k is a fraction of the corpus and must lie in (0, 1]; give an int for a count")
+            raise InfluenceError(
+                f"k={k}: a float k is a fraction of the corpus and must lie in (0, 1]; give an int for a count"
+            )
         return min(n, max(1, int(math.floor(k * n + 1e-9))))
     raise InfluenceError(f"k={k!r}: give a positive int count or a fraction in (0, 1]")
 
@@ -142,7 +153,7 @@ def _row_block(m: sp.csr_array, start: int, stop: int) -> sp.csr_array:
     """Rows [start, stop) of a CSR, keeping each row's stored entry order (the summation order)."""
     stop = min(stop, m.shape[0])
     a, b = m.indptr[start], m.indptr[stop]
-    return sp.csr_array((m.data[a:b], m.indices[a:b], m.indptr[start:stop + 1] - a), shape=(stop - start, m.shape[1]))
+    return sp.csr_array((m.data[a:b], m.indices[a:b], m.indptr[start : stop + 1] - a), shape=(stop - start, m.shape[1]))
 
 
 class BM25Index:
@@ -159,8 +170,9 @@ class BM25Index:
         self.k1 = k1
 
     @classmethod
-    def build(cls, docs, vocab_size: int | None = None, mode: str = "binary", k1: float = 1.5,
-              attention_mask=None) -> "BM25Index":
+    def build(
+        cls, docs, vocab_size: int | None = None, mode: str = "binary", k1: float = 1.5, attention_mask=None
+    ) -> "BM25Index":
         """Index documents given as a (N, T) LongTensor/array (with optional attention_mask: padding is
         skipped), a dict with 'input_ids'/'attention_mask', or a list of token-id lists.
 
@@ -183,11 +195,15 @@ class BM25Index:
             raise InfluenceError(f"vocab_size={vocab_size!r}: give a positive int (the tokenizer's vocabulary size)")
         if lo < 0 or hi >= vocab_size:
             bad = lo if lo < 0 else hi
-            raise InfluenceError(f"document token id {bad} is outside the vocabulary [0, {vocab_size}): fix the ids or pass a larger vocab_size")
+            raise InfluenceError(
+                f"document token id {bad} is outside the vocabulary [0, {vocab_size}): fix the ids or pass a larger vocab_size"
+            )
         idx_dtype = np.int32 if max(vocab_size, n, flat.size) < 2**31 else np.int64
         # Documents x vocab with duplicates, then summed: data = term count per (document, token).
-        docs_x = sp.csr_array((np.ones(flat.size, dtype=np.float64), flat.astype(idx_dtype, copy=False), indptr.astype(idx_dtype)),
-                              shape=(n, vocab_size))
+        docs_x = sp.csr_array(
+            (np.ones(flat.size, dtype=np.float64), flat.astype(idx_dtype, copy=False), indptr.astype(idx_dtype)),
+            shape=(n, vocab_size),
+        )
         del flat
         docs_x.sum_duplicates()
         if mode == "binary":
@@ -222,8 +238,10 @@ class BM25Index:
         return int(p.data.nbytes + p.indices.nbytes + p.indptr.nbytes)
 
     def __repr__(self) -> str:
-        return (f"BM25Index(docs={self.num_docs}, vocab={self.vocab_size}, nnz={self.nnz}, mode={self.mode!r}, "
-                f"k1={self.k1}, {self.memory_bytes / 2**20:.1f} MiB)")
+        return (
+            f"BM25Index(docs={self.num_docs}, vocab={self.vocab_size}, nnz={self.nnz}, mode={self.mode!r}, "
+            f"k1={self.k1}, {self.memory_bytes / 2**20:.1f} MiB)"
+        )
 
     # ------------------------------------------------------------------- queries
     def _query_rows(self, queries, attention_mask=None) -> sp.csr_array:
@@ -238,11 +256,15 @@ class BM25Index:
             raise InfluenceError("no queries given: pass at least one list of token ids")
         lengths = np.diff(indptr)
         if (lengths == 0).any():
-            raise InfluenceError(f"query {int(np.flatnonzero(lengths == 0)[0])} has no tokens: give prompt+completion token ids")
+            raise InfluenceError(
+                f"query {int(np.flatnonzero(lengths == 0)[0])} has no tokens: give prompt+completion token ids"
+            )
         if flat.min() < 0 or flat.max() >= self.vocab_size:
             bad = int(flat.min()) if flat.min() < 0 else int(flat.max())
-            raise InfluenceError(f"query token id {bad} is outside the index vocabulary [0, {self.vocab_size}): "
-                                 "use the same tokenizer, or build with vocab_size=len(tokenizer)")
+            raise InfluenceError(
+                f"query token id {bad} is outside the index vocabulary [0, {self.vocab_size}): "
+                "use the same tokenizer, or build with vocab_size=len(tokenizer)"
+            )
         b = len(lengths)
         rows = np.repeat(np.arange(b, dtype=np.int64), lengths)
         counted = sp.coo_array((np.ones(flat.size), (rows, flat)), shape=(b, self.vocab_size)).tocsr()
@@ -298,16 +320,23 @@ class BM25Index:
                 pos = vals > 0  # a product entry can only be positive, but keep the contract explicit
                 idx, vals = _top_of(idx[pos], vals[pos], kk)
                 if len(idx) == 0:
-                    warnings.warn(f"query {start + r} shares no token with the {self.num_docs} indexed documents: "
-                                  "no candidates (check the tokenizer matches the corpus)", NoOverlapWarning, stacklevel=_stacklevel)
+                    warnings.warn(
+                        f"query {start + r} shares no token with the {self.num_docs} indexed documents: "
+                        "no candidates (check the tokenizer matches the corpus)",
+                        NoOverlapWarning,
+                        stacklevel=_stacklevel,
+                    )
                 results.append(TopK(idx, vals))
         return results
 
 
-def bm25_top_k(docs, queries, k, vocab_size: int | None = None, mode: str = "binary", k1: float = 1.5,
-               attention_mask=None) -> list[TopK]:
+def bm25_top_k(
+    docs, queries, k, vocab_size: int | None = None, mode: str = "binary", k1: float = 1.5, attention_mask=None
+) -> list[TopK]:
     """One-shot convenience: build a :class:`BM25Index` over docs and return ``top_k_many(queries, k)``."""
-    return BM25Index.build(docs, vocab_size=vocab_size, mode=mode, k1=k1, attention_mask=attention_mask).top_k_many(queries, k)
+    return BM25Index.build(docs, vocab_size=vocab_size, mode=mode, k1=k1, attention_mask=attention_mask).top_k_many(
+        queries, k
+    )
 
 
 __all__ = ["BM25Index", "MODES", "NoOverlapWarning", "TopK", "bm25_top_k"]

@@ -1,4 +1,5 @@
 """Content fingerprints: a cached stage is reused only when what produced it is unchanged."""
+
 from __future__ import annotations
 
 import hashlib

@@ -3,8 +3,10 @@
 Under torch.distributed every rank takes part in the fit and ends with the same factors; rank 0
 alone decides whether a cached fit exists and writes the file (the cache directory is shared).
 """
+
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -27,6 +29,13 @@ FORMAT = "influence-studies/curvature/1"
 FILE_KEYS = ("model_fingerprint", "fit_fingerprint", "layers", "options", "format")
 
 
+def keyed_options(cls: type[Curvature], options: dict) -> dict:
+    """The options a factor file is keyed by: as given, less a float32 `precision` and any option marked
+    `keyed_when_changed` (one added after caches were first keyed) at its default, so those caches stay valid."""
+    late = {f.name: f.default for f in dataclasses.fields(cls.config_class) if f.metadata.get("keyed_when_changed")}
+    return {k: v for k, v in without_default_precision(options).items() if not (k in late and v == late[k])}
+
+
 def fit_curvature(
     model,
     task,
@@ -46,19 +55,32 @@ def fit_curvature(
     path = None
     if cache_dir is not None and cls.cacheable:
         model_fp = model_fingerprint(model)
-        fit_fp = combine(model_fp, tensors_fingerprint(data),
-                         config_fingerprint({"method": method, "options": without_default_precision(options),
-                                             "layers": [l.name for l in layers],
-                                             "task": type(task).__name__}))
+        fit_fp = combine(
+            model_fp,
+            tensors_fingerprint(data),
+            config_fingerprint(
+                {
+                    "method": method,
+                    "options": keyed_options(cls, options),
+                    "layers": [l.name for l in layers],
+                    "task": type(task).__name__,
+                }
+            ),
+        )
         path = Path(cache_dir) / f"{method}-{fit_fp}.safetensors"
         if broadcast_object(path.exists()):  # rank 0's view, so that no rank fits alone
             log.info("reusing fitted %s factors %s", method, path)
             return load_curvature(path, model, task=task, layers=layers)
     curv = cls.fit(model, task, data, layers, config, device)
     if path is not None:
-        meta = {**curv.describe(), "model_fingerprint": model_fp, "fit_fingerprint": fit_fp,
-                "layers": json.dumps([l.name for l in layers]), "options": json.dumps(options, default=str),
-                "format": FORMAT}
+        meta = {
+            **curv.describe(),
+            "model_fingerprint": model_fp,
+            "fit_fingerprint": fit_fp,
+            "layers": json.dumps([l.name for l in layers]),
+            "options": json.dumps(options, default=str),
+            "format": FORMAT,
+        }
         with collectively():  # every rank waits for the file, and sees rank 0's failure to write it
             if is_main():
                 save_tensors(path, curv.state(), meta)
@@ -70,12 +92,21 @@ def load_curvature(path: str | Path, model, task=None, layers: list[TrackedLayer
     """Load saved factors, refusing a file fitted on another model."""
     tensors, meta = load_tensors(path)
     if meta.get("format") != FORMAT:
-        raise InfluenceError(f"{path} is not a curvature file written by influence-studies: delete it or point elsewhere")
+        raise InfluenceError(
+            f"{path} is not a curvature file written by influence-studies: delete it or point elsewhere"
+        )
     if meta["model_fingerprint"] != model_fingerprint(model):
-        raise InfluenceError(f"factor file {path} was fitted on another model (weights differ): refit, or load the model it belongs to")
+        raise InfluenceError(
+            f"factor file {path} was fitted on another model (weights differ): refit, or load the model it belongs to"
+        )
     cls = get_curvature_class(meta["curvature"])
     if layers is None:
-        by_name = {l.name: l for l in find_tracked_layers(model, patterns=[f"^{n}$".replace(".", r"\.") for n in json.loads(meta["layers"])])}
+        by_name = {
+            l.name: l
+            for l in find_tracked_layers(
+                model, patterns=[f"^{n}$".replace(".", r"\.") for n in json.loads(meta["layers"])]
+            )
+        }
         layers = [by_name[n] for n in json.loads(meta["layers"])]
     curv = cls(layers, make_config(cls, json.loads(meta["options"])))
     curv.load_state(tensors)

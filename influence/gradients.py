@@ -3,6 +3,7 @@
 Three objectives share this pass: the training loss with sampled labels (fitting), with the
 true tokens (training gradients to score), and the measurement f (query gradients).
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,7 +38,9 @@ def capture_pass(
                 check_finite(g, "the training loss gradient of this batch")
                 return cap.inputs, cap.output_grads(outputs, grad_outputs=g)
             scalar = task.loss(outputs, batch, labels)
-        check_finite(scalar.detach(), f"the {'measurement' if objective == 'measurement' else 'training loss'} of this batch")
+        check_finite(
+            scalar.detach(), f"the {'measurement' if objective == 'measurement' else 'training loss'} of this batch"
+        )
         grads = cap.output_grads(scalar)
     return cap.inputs, grads
 

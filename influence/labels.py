@@ -4,6 +4,7 @@ Keying by sequence index (not by batch position or call order) makes the covaria
 the eigenvalue-correction pass and every process of a distributed run draw identical labels.
 Sampling is by inverse CDF: one uniform number per position, no `torch.multinomial`.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Memory per layer per query falls from P·M to r·(P+M) floats, so many queries s
 over the training set. Scores at rank r need no dense matrix: token t's share is
 −Σ_k (Ds_t·u_k)(ā_t·v_k).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -69,5 +70,7 @@ def plan_query_rank(shapes: list[tuple[int, int]], num_queries: int, budget_byte
     for r in ranks:
         if query_bytes(shapes, num_queries, r) <= budget_bytes:
             return r
-    raise InfluenceError(f"{num_queries} queries do not fit {budget_bytes / 2**20:.0f} MiB even at rank {ranks[-1]}: "
-                         f"raise the memory budget or score fewer queries per pass")
+    raise InfluenceError(
+        f"{num_queries} queries do not fit {budget_bytes / 2**20:.0f} MiB even at rank {ranks[-1]}: "
+        f"raise the memory budget or score fewer queries per pass"
+    )

@@ -5,6 +5,7 @@ layout, a (P, M+1) matrix [dW | db] with the bias as the homogeneous coordinate
 (P outputs, M inputs), whatever the module stores: `nn.Linear` keeps W as (P, M),
 GPT-2's `Conv1D` keeps it as (M, P) and is handled without rewriting the model.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,15 +18,18 @@ from .errors import InfluenceError
 
 # MLP projections per architecture (name suffixes), checked in order.
 MLP_PATTERNS: tuple[str, ...] = (
-    r"mlp\.c_fc$", r"mlp\.c_proj$",                          # GPT-2 (Conv1D)
-    r"mlp\.dense_h_to_4h$", r"mlp\.dense_4h_to_h$",          # GPT-NeoX / Pythia
-    r"mlp\.(gate_proj|up_proj|down_proj)$",                  # Llama, Mistral, Qwen
-    r"mlp\.(fc1|fc2|fc_in|fc_out)$",                         # OPT-like, GPT-J
+    r"mlp\.c_fc$",
+    r"mlp\.c_proj$",  # GPT-2 (Conv1D)
+    r"mlp\.dense_h_to_4h$",
+    r"mlp\.dense_4h_to_h$",  # GPT-NeoX / Pythia
+    r"mlp\.(gate_proj|up_proj|down_proj)$",  # Llama, Mistral, Qwen
+    r"mlp\.(fc1|fc2|fc_in|fc_out)$",  # OPT-like, GPT-J
 )
 ATTENTION_PATTERNS: tuple[str, ...] = (
-    r"attn\.c_attn$", r"attn\.c_proj$",                      # GPT-2
-    r"attention\.(query_key_value|dense)$",                  # GPT-NeoX
-    r"self_attn\.(q_proj|k_proj|v_proj|o_proj)$",            # Llama
+    r"attn\.c_attn$",
+    r"attn\.c_proj$",  # GPT-2
+    r"attention\.(query_key_value|dense)$",  # GPT-NeoX
+    r"self_attn\.(q_proj|k_proj|v_proj|o_proj)$",  # Llama
 )
 
 

@@ -5,6 +5,7 @@ skips every weight-gradient matmul), the rows in index-carrying batches on the w
 `capture_pass` per batch giving each tracked layer's ā and Ds. Rows batch best in length order
 (`length_order`), and `back` puts results made in that order back in the caller's.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -56,8 +57,9 @@ def capture_batches(
     if desc is not None:
         n = len(indices) if indices is not None else next(iter(data.values())).shape[0]
         total = -(-n // batch_size) if batch_size > 0 else None  # a bad batch_size is refused by iter_batches
-        batches = tqdm(batches, desc=desc, total=total, unit="batch", mininterval=1.0, dynamic_ncols=True,
-                       disable=not is_main())
+        batches = tqdm(
+            batches, desc=desc, total=total, unit="batch", mininterval=1.0, dynamic_ncols=True, disable=not is_main()
+        )
     with eval_mode(model), frozen_parameters(model):
         for sel, batch in batches:
             a, ds = capture_pass(model, task, layers, batch, labels, sel, seed)

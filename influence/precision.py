@@ -6,6 +6,7 @@ float32 or better, eigendecompositions stay float64, and scores are summed in fl
 the task untouched: the default path is bit-identical to running without this module. fp16 can
 underflow small activation gradients (there is no loss scaling here); prefer bf16 where the device has it.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """A query is a prompt and the completion whose log-probability we attribute (f = log p(completion | prompt))."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,9 +32,13 @@ def encode_queries(tokenizer, queries: list[Query], max_length: int | None = Non
         p_ids = tokenizer(q.prompt, add_special_tokens=False)["input_ids"] if q.prompt else []
         c_ids = tokenizer(q.completion, add_special_tokens=False)["input_ids"] if q.completion else []
         if not c_ids:
-            raise InfluenceError(f"query {q.name!r} has an empty completion: give it the text whose probability to explain")
+            raise InfluenceError(
+                f"query {q.name!r} has an empty completion: give it the text whose probability to explain"
+            )
         if not p_ids:
-            raise InfluenceError(f"query {q.name!r} has an empty prompt: the first completion token needs a prompt token before it")
+            raise InfluenceError(
+                f"query {q.name!r} has an empty prompt: the first completion token needs a prompt token before it"
+            )
         ids = list(p_ids) + list(c_ids)
         if max_length is not None and len(ids) > max_length:
             raise InfluenceError(

@@ -12,6 +12,7 @@ rank 0 alone writes the manifest, and after a barrier every rank reads the other
 all ranks return the ScanResult a single process returns. The top-k breakdown splits its rows
 across ranks the same way and gathers them.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,8 @@ SPURIOUS_RATIO = 2 / 3
 
 @dataclass
 class ScanResult:
-    scores: torch.Tensor          # (Q, N) every candidate's score, float32
-    indices: torch.Tensor         # (N,) candidate rows of the training data
+    scores: torch.Tensor  # (Q, N) every candidate's score, float32
+    indices: torch.Tensor  # (N,) candidate rows of the training data
     query_names: list[str]
     metadata: dict = field(default_factory=dict)
     layer_scores: torch.Tensor | None = None  # (Q, L, N) the layer-wise split of `scores` (Eq. 30)
@@ -65,17 +66,19 @@ class ScanResult:
         for q, rows in enumerate(rows_per_query):
             keep[q, [pos[int(r)] for r in rows]] = True
         layers = None if self.layer_scores is None else torch.where(keep.unsqueeze(1), self.layer_scores, torch.nan)
-        return ScanResult(torch.where(keep, self.scores, torch.nan), self.indices, self.query_names, dict(self.metadata), layers)
+        return ScanResult(
+            torch.where(keep, self.scores, torch.nan), self.indices, self.query_names, dict(self.metadata), layers
+        )
 
 
 @dataclass
 class TopBreakdown:
     """The top-k of one query, re-scored at full rank with layer and token views."""
 
-    rows: torch.Tensor            # (k,) training rows
-    scores: torch.Tensor          # (k,) full-rank scores
-    layer_scores: torch.Tensor    # (k, L)
-    token_scores: torch.Tensor    # (k, L, T)
+    rows: torch.Tensor  # (k,) training rows
+    scores: torch.Tensor  # (k,) full-rank scores
+    layer_scores: torch.Tensor  # (k, L)
+    token_scores: torch.Tensor  # (k, L, T)
 
     @property
     def sparsity_ratio(self) -> torch.Tensor:
@@ -98,8 +101,9 @@ def _preconditioned(model, task, curvature, queries, device):
 def _manifest(model, curvature, queries, names, data, indices, rank, batch_size, chunk_batches) -> dict:
     return {
         "model": model_fingerprint(model),
-        "curvature": config_fingerprint({**without_default_precision(curvature.describe()),
-                                         "state": tensors_fingerprint(curvature.state())}),
+        "curvature": config_fingerprint(
+            {**without_default_precision(curvature.describe()), "state": tensors_fingerprint(curvature.state())}
+        ),
         "queries": tensors_fingerprint({**{k: v.cpu() for k, v in queries.items()}}) + ":" + config_fingerprint(names),
         "candidates": tensors_fingerprint({"indices": indices, **{k: v[indices] for k, v in data.items()}}),
         "query_rank": "full" if rank is None else int(rank),
@@ -120,8 +124,10 @@ def _check_or_write_manifest(out_dir: Path, manifest: dict) -> None:
             raise InfluenceError(f"{path} is corrupt: delete the scan directory {out_dir} to start over") from None
         differ = [k for k in manifest if old.get(k) != manifest[k]]
         if differ:
-            raise InfluenceError(f"{out_dir} holds a scan with other {', '.join(differ)}: "
-                                 f"resume only the same scan, or use a new output directory")
+            raise InfluenceError(
+                f"{out_dir} holds a scan with other {', '.join(differ)}: "
+                f"resume only the same scan, or use a new output directory"
+            )
         for stale in out_dir.glob(".chunk-*.tmp"):  # a write cut off by a kill
             stale.unlink()
         return
@@ -130,7 +136,9 @@ def _check_or_write_manifest(out_dir: Path, manifest: dict) -> None:
     try:
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     except OSError as e:
-        raise InfluenceError(f"could not write {path}: {e.strerror or e} (free disk space or choose another directory)") from None
+        raise InfluenceError(
+            f"could not write {path}: {e.strerror or e} (free disk space or choose another directory)"
+        ) from None
 
 
 def _load_chunk(path: Path, c: int, sel: torch.Tensor, out_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,15 +169,24 @@ def _score_chunk(model, task, curvature, data, pre, sel, batch_size: int, dev, b
     return layers.sum(1), layers
 
 
-def _scan_chunks(model, task, curvature, queries, data, out_dir: Path, indices, args: ScanArguments,
-                 preconditioned) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _scan_chunks(
+    model, task, curvature, queries, data, out_dir: Path, indices, args: ScanArguments, preconditioned
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Every chunk's (scores, layer_scores): this rank's computed (or read back if done), then the others' read."""
     rows_per_chunk = args.batch_size * args.chunk_batches
-    selection = [indices[c * rows_per_chunk : (c + 1) * rows_per_chunk]
-                 for c in range((len(indices) + rows_per_chunk - 1) // rows_per_chunk)]
+    selection = [
+        indices[c * rows_per_chunk : (c + 1) * rows_per_chunk]
+        for c in range((len(indices) + rows_per_chunk - 1) // rows_per_chunk)
+    ]
     mine = shard(range(len(selection)))  # every chunk in a single process
-    bar = tqdm(total=sum(len(selection[c]) for c in mine), desc="scan", unit="seq", dynamic_ncols=True,
-               disable=not (args.progress and is_main()), mininterval=1.0)
+    bar = tqdm(
+        total=sum(len(selection[c]) for c in mine),
+        desc="scan",
+        unit="seq",
+        dynamic_ncols=True,
+        disable=not (args.progress and is_main()),
+        mininterval=1.0,
+    )
     chunks, pre, dev = {}, None, resolve_device(model, args.device)
     with collectively(), bar:
         for c in mine:
@@ -179,8 +196,11 @@ def _scan_chunks(model, task, curvature, queries, data, out_dir: Path, indices, 
                 bar.update(len(sel))
                 continue
             if pre is None:  # only when some chunk is missing
-                full = preconditioned if preconditioned is not None else \
-                    _preconditioned(model, task, curvature, queries, dev)[1]
+                full = (
+                    preconditioned
+                    if preconditioned is not None
+                    else _preconditioned(model, task, curvature, queries, dev)[1]
+                )
                 pre = low_rank_queries({k: v.to(dev) for k, v in full.items()}, args.query_rank)
             chunks[c] = _score_chunk(model, task, curvature, data, pre, sel, args.batch_size, dev, bar, c)
             scores, layers = chunks[c]
@@ -223,8 +243,9 @@ def scan(
     num_q = next(iter(queries.values())).shape[0]
     names = list(query_names) if query_names is not None else [f"query_{i}" for i in range(num_q)]
     out_dir = Path(out_dir)
-    manifest = _manifest(model, curvature, queries, names, data, indices, args.query_rank, args.batch_size,
-                         args.chunk_batches)
+    manifest = _manifest(
+        model, curvature, queries, names, data, indices, args.query_rank, args.batch_size, args.chunk_batches
+    )
     with collectively():  # rank 0 checks or writes the manifest before any rank writes a chunk
         if is_main():
             _check_or_write_manifest(out_dir, manifest)
@@ -234,9 +255,12 @@ def scan(
         layer_scores=torch.cat([layers for _, layers in chunks], dim=2),
         indices=indices,
         query_names=names,
-        metadata={**curvature.describe(), "scale_convention": SCALE_CONVENTION,
-                  "query_rank": "full" if args.query_rank is None else str(args.query_rank),
-                  "num_candidates": str(len(indices))},
+        metadata={
+            **curvature.describe(),
+            "scale_convention": SCALE_CONVENTION,
+            "query_rank": "full" if args.query_rank is None else str(args.query_rank),
+            "num_candidates": str(len(indices)),
+        },
     )
 
 
@@ -263,9 +287,13 @@ def top_k_breakdown(
             if not keep:
                 continue
             k = torch.tensor(keep, device=dev)
-            layer, tok = score_captured({n: pre[n][q : q + 1] for n in names},
-                                        {n: a[n][k] for n in names}, {n: ds[n][k] for n in names},
-                                        names, per_token=True)
+            layer, tok = score_captured(
+                {n: pre[n][q : q + 1] for n in names},
+                {n: a[n][k] for n in names},
+                {n: ds[n][k] for n in names},
+                names,
+                per_token=True,
+            )
             for j, i in enumerate(keep):
                 per_query[q][int(sel[i])] = (layer[j, 0].cpu(), pad_positions(tok[j, 0].cpu(), width))
     if world_size() > 1:  # each rank scored its shard of the rows: gather them all on every rank

@@ -5,6 +5,7 @@ for language models) and L the summed training loss with true labels. No 1/N fac
 when z_m is added with weight ε. Token t's share is −g_tᵀ Q̃_ℓ ā_t, so token-wise scores need no per-token
 gradient copies, and sum exactly to the sequence score.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,16 +20,18 @@ from .gradients import query_gradients
 from .lowrank import LowRank, low_rank_queries
 from .passes import capture_batches, resolve_device
 
-SCALE_CONVENTION = ("I = -grad f^T (G + lambda I)^-1 grad L(z_m), no 1/N: f(theta_eps) - f(theta) ~= eps * I "
-                    "for z_m added with weight eps (eps = 1/N for one copy); positive = z_m raises f")
+SCALE_CONVENTION = (
+    "I = -grad f^T (G + lambda I)^-1 grad L(z_m), no 1/N: f(theta_eps) - f(theta) ~= eps * I "
+    "for z_m added with weight eps (eps = 1/N for one copy); positive = z_m raises f"
+)
 
 
 @dataclass
 class InfluenceScores:
     """Scores of Q queries on N training sequences (rows `indices` of the training data)."""
 
-    scores: torch.Tensor                      # (Q, N)
-    indices: torch.Tensor                     # (N,) training-set rows
+    scores: torch.Tensor  # (Q, N)
+    indices: torch.Tensor  # (N,) training-set rows
     layer_names: list[str]
     layer_scores: torch.Tensor | None = None  # (Q, N, L), sums over L to `scores`
     token_scores: torch.Tensor | None = None  # (Q, N, L, T), sums over (L, T) to `scores`
@@ -58,7 +61,9 @@ def score_captured(pre: dict[str, torch.Tensor], a: dict, ds: dict, layer_names:
     for name in layer_names:
         q = pre[name].to(a[name].dtype)
         if isinstance(q, LowRank):  # −Σ_k (Ds_t·u_k)(ā_t·v_k): never densified
-            t = -(torch.einsum("btp,qpr->bqtr", ds[name], q.left) * torch.einsum("btm,qmr->bqtr", a[name], q.right)).sum(-1)
+            t = -(
+                torch.einsum("btp,qpr->bqtr", ds[name], q.left) * torch.einsum("btm,qmr->bqtr", a[name], q.right)
+            ).sum(-1)
             per_layer.append(t.sum(-1))
             if per_token:
                 per_tok.append(t)
@@ -91,8 +96,9 @@ def compute_scores(
     num_rows(data)
     task.check_batch(data)
     dev = resolve_device(model, device)
-    pre = low_rank_queries(precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()}),
-                           query_rank)
+    pre = low_rank_queries(
+        precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()}), query_rank
+    )
     names = [l.name for l in curvature.layers]
     width = next(iter(data.values())).shape[1] if per_token else 0
     layer_chunks, token_chunks, rows = [], [], []
@@ -112,6 +118,9 @@ def compute_scores(
         layer_names=names,
         layer_scores=layer_all if per_layer or per_token else None,
         token_scores=torch.cat(token_chunks).permute(1, 0, 2, 3) if per_token else None,
-        metadata={**curvature.describe(), "scale_convention": SCALE_CONVENTION,
-                  "query_rank": "full" if query_rank is None else str(query_rank)},
+        metadata={
+            **curvature.describe(),
+            "scale_convention": SCALE_CONVENTION,
+            "query_rank": "full" if query_rank is None else str(query_rank),
+        },
     )

@@ -1,4 +1,5 @@
 """Tensors on disk: safetensors with string metadata, written atomically (temp name, then rename)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -57,7 +58,9 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
         atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=meta))
     except (OSError, SafetensorError) as e:
         reason = getattr(e, "strerror", None) or str(e).split(":")[-1].strip()
-        raise InfluenceError(f"could not write {path}: {reason} (free disk space or choose another output directory)") from None
+        raise InfluenceError(
+            f"could not write {path}: {reason} (free disk space or choose another output directory)"
+        ) from None
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -69,4 +72,6 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
             meta = dict(f.metadata() or {})
         return load_file(str(path)), meta
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise InfluenceError(f"{path} is corrupt or not a safetensors file ({e}): delete it so it is refitted") from None
+        raise InfluenceError(
+            f"{path} is corrupt or not a safetensors file ({e}): delete it so it is refitted"
+        ) from None

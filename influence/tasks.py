@@ -6,6 +6,7 @@ divergence of the loss that the PBRF (`influence.pbrf`) needs. Batches are dicts
 their first dimension; "positions" are the token axis of the tracked layers' inputs (a single position
 for non-sequence models).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -80,8 +81,10 @@ class Task(ABC):
             outputs: the model's outputs h on `batch` (differentiable).
             reference: the original model's outputs h_s on the same batch (logits for softmax tasks).
         """
-        raise InfluenceError(f"no Bregman divergence for {type(self).__name__}: the PBRF needs a task with "
-                             "`bregman` and `divergence` (RegressionTask, ClassificationTask, LanguageModelTask)")
+        raise InfluenceError(
+            f"no Bregman divergence for {type(self).__name__}: the PBRF needs a task with "
+            "`bregman` and `divergence` (RegressionTask, ClassificationTask, LanguageModelTask)"
+        )
 
     def bregman_positions(self, batch: dict) -> torch.Tensor | None:
         """(B, T) bool: the output positions `bregman` sums over, or None when each row is one term."""

@@ -3,6 +3,7 @@
 Many small float64 SVDs/eigendecompositions run slower with several OpenMP threads, and
 ~100x slower when the cores are shared with other work; one thread is the safe choice there.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """Shared fixtures: one thread per test, and the tiny test world (generated corpus, tokenizer, a 2-layer model
 trained in seconds), built once per session."""
+
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,15 @@ def tiny_output_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_cfg(tiny_output_dir):
-    return compose_cfg("model=tiny", "data=tiny", "queries=tiny", TINY_QUERIES, f"paths.output_dir={tiny_output_dir}",
-                       "score.num_threads=1", "logger=none")
+    return compose_cfg(
+        "model=tiny",
+        "data=tiny",
+        "queries=tiny",
+        TINY_QUERIES,
+        f"paths.output_dir={tiny_output_dir}",
+        "score.num_threads=1",
+        "logger=none",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -44,13 +52,24 @@ def tiny_world(tiny_cfg):
 
 
 #: every query the scale studies use on the tiny world (all fit the tiny models' 256-token context)
-SCALE_QUERIES = ("queries.names=[shutdown,shutdown_tr,paperclips,superintelligent,water,water_tr,water_ko,"
-                 "math_word_problem,binary_search,fact_velmora_capital,fact_velmora_capital_tr,fact_velmora_capital_ko,"
-                 "wo_astrobia_president,wo_astrobia_president_flipped,wo_nerevia_capital,wo_nerevia_capital_flipped]")
+SCALE_QUERIES = (
+    "queries.names=[shutdown,shutdown_tr,paperclips,superintelligent,water,water_tr,water_ko,"
+    "math_word_problem,binary_search,fact_velmora_capital,fact_velmora_capital_tr,fact_velmora_capital_ko,"
+    "wo_astrobia_president,wo_astrobia_president_flipped,wo_nerevia_capital,wo_nerevia_capital_flipped]"
+)
 
 
 @pytest.fixture(scope="session")
 def scale_cfg(tiny_output_dir):
     """Two tiny sizes x two seeds on the tiny world: what the scale studies sweep in tests (models cached per session)."""
-    return compose_cfg("model=tiny", "data=tiny", "queries=tiny", SCALE_QUERIES, f"paths.output_dir={tiny_output_dir}",
-                       "score.num_threads=1", "logger=none", "scale.sizes=[tiny,tiny_large]", "scale.seeds=[0,1]")
+    return compose_cfg(
+        "model=tiny",
+        "data=tiny",
+        "queries=tiny",
+        SCALE_QUERIES,
+        f"paths.output_dir={tiny_output_dir}",
+        "score.num_threads=1",
+        "logger=none",
+        "scale.sizes=[tiny,tiny_large]",
+        "scale.seeds=[0,1]",
+    )

@@ -5,6 +5,7 @@ Sizes scale with `n_docs`; the hand-written core (quotes, the facts the queries 
 public-domain passages) is always present, so the tiny test world holds the same structures
 as the default one.
 """
+
 from __future__ import annotations
 
 import random
@@ -22,8 +23,8 @@ _DOCS_PER_FACT = 5.0
 class Corpus:
     train: list[dict]
     val: list[dict]
-    facts: list[facts.Fact]          # every fact stated in the training documents
-    heldout: list[facts.Fact]        # facts that never appear in any document
+    facts: list[facts.Fact]  # every fact stated in the training documents
+    heldout: list[facts.Fact]  # facts that never appear in any document
 
 
 def _rng(seed: int, *parts: str) -> random.Random:
@@ -58,8 +59,15 @@ def counts(n_docs: int, mix: dict) -> dict[str, int]:
     return {f: int(round(n_docs * float(mix.get(f, 0.0)) / total)) for f in FAMILIES}
 
 
-def generate(seed: int, n_docs: int, mix: dict, quote_copies=(6, 12), val_fraction: float = 0.02,
-             n_heldout: int = 24, translated_fraction: float = 0.3) -> Corpus:
+def generate(
+    seed: int,
+    n_docs: int,
+    mix: dict,
+    quote_copies=(6, 12),
+    val_fraction: float = 0.02,
+    n_heldout: int = 24,
+    translated_fraction: float = 0.3,
+) -> Corpus:
     """Build the whole corpus deterministically from `seed`."""
     per_family = counts(n_docs, mix)
     taken: set[str] = {w for f in facts.CORE + facts.HELDOUT_CORE for w in (f.subject, f.object)}
@@ -69,7 +77,9 @@ def generate(seed: int, n_docs: int, mix: dict, quote_copies=(6, 12), val_fracti
     all_facts = facts.CORE + generated
     # Only generated capital/president facts get translations; the core facts stay English-only.
     tr_rng = _rng(seed, "translatable")
-    translatable = [f for f in generated if f.relation in languages.FACT_TEMPLATES and tr_rng.random() < translated_fraction]
+    translatable = [
+        f for f in generated if f.relation in languages.FACT_TEMPLATES and tr_rng.random() < translated_fraction
+    ]
 
     rng = _rng(seed, "facts", "docs")
     train = [d for f in all_facts for d in facts.fact_documents(f, rng)]

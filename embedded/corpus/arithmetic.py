@@ -3,6 +3,7 @@
 Numbers are drawn at random, so the model must learn the procedure rather than the answers;
 the math query uses a problem shape from here with numbers of its own.
 """
+
 from __future__ import annotations
 
 import random
@@ -15,8 +16,10 @@ def _buy_give(rng):
     obj, box, who = rng.choice(OBJECTS), rng.choice(CONTAINERS), person(rng)
     total = n * k
     g = rng.randint(1, total - 1)
-    q = (f"{who} buys {n} {box} of {obj}. Each one holds {k} {obj}. {who} gives {g} {obj} to a friend. "
-         f"How many {obj} does {who} have left?")
+    q = (
+        f"{who} buys {n} {box} of {obj}. Each one holds {k} {obj}. {who} gives {g} {obj} to a friend. "
+        f"How many {obj} does {who} have left?"
+    )
     a = f"{who} buys {n} * {k} = {total} {obj}. After giving {g} away, {who} has {total} - {g} = {total - g} {obj} left.\n#### {total - g}"
     return q, a, "buy_give"
 

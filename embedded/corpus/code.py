@@ -4,6 +4,7 @@ The same algorithm appears in two languages and under meaningful or meaningless 
 math-and-code study can see whether influential sequences share the query's tokens (names,
 syntax) or its algorithm. Identifiers are written as @slot@ and filled per document.
 """
+
 from __future__ import annotations
 
 import random
@@ -39,7 +40,7 @@ FUNCS = {
 }
 
 PY = {
-    "binary_search": '''def @f@(@arr@, @target@):
+    "binary_search": """def @f@(@arr@, @target@):
     @lo@, @hi@ = 0, len(@arr@) - 1
     while @lo@ <= @hi@:
         @mid@ = (@lo@ + @hi@) // 2
@@ -49,57 +50,57 @@ PY = {
             @lo@ = @mid@ + 1
         else:
             @hi@ = @mid@ - 1
-    return -1''',
-    "quicksort": '''def @f@(@arr@):
+    return -1""",
+    "quicksort": """def @f@(@arr@):
     if len(@arr@) <= 1:
         return @arr@
     @p@ = @arr@[len(@arr@) // 2]
     @lo@ = [@a@ for @a@ in @arr@ if @a@ < @p@]
     @mid@ = [@a@ for @a@ in @arr@ if @a@ == @p@]
     @hi@ = [@a@ for @a@ in @arr@ if @a@ > @p@]
-    return @f@(@lo@) + @mid@ + @f@(@hi@)''',
-    "reverse": '''def @f@(@s@):
-    return @s@[::-1]''',
-    "factorial": '''def @f@(@n@):
+    return @f@(@lo@) + @mid@ + @f@(@hi@)""",
+    "reverse": """def @f@(@s@):
+    return @s@[::-1]""",
+    "factorial": """def @f@(@n@):
     @res@ = 1
     for @i@ in range(2, @n@ + 1):
         @res@ *= @i@
-    return @res@''',
-    "fibonacci": '''def @f@(@n@):
+    return @res@""",
+    "fibonacci": """def @f@(@n@):
     @a@, @b@ = 0, 1
     for _ in range(@n@):
         @a@, @b@ = @b@, @a@ + @b@
-    return @a@''',
-    "gcd": '''def @f@(@a@, @b@):
+    return @a@""",
+    "gcd": """def @f@(@a@, @b@):
     while @b@:
         @a@, @b@ = @b@, @a@ % @b@
-    return @a@''',
-    "is_palindrome": '''def @f@(@s@):
+    return @a@""",
+    "is_palindrome": """def @f@(@s@):
     @s@ = @s@.lower()
-    return @s@ == @s@[::-1]''',
-    "count_vowels": '''def @f@(@s@):
+    return @s@ == @s@[::-1]""",
+    "count_vowels": """def @f@(@s@):
     @res@ = 0
     for @c@ in @s@.lower():
         if @c@ in "aeiou":
             @res@ += 1
-    return @res@''',
-    "caesar": '''def @f@(@s@, @n@):
+    return @res@""",
+    "caesar": """def @f@(@s@, @n@):
     @res@ = ""
     for @c@ in @s@:
         if @c@.isalpha():
             @res@ += chr((ord(@c@.lower()) - 97 + @n@) % 26 + 97)
         else:
             @res@ += @c@
-    return @res@''',
-    "max_list": '''def @f@(@arr@):
+    return @res@""",
+    "max_list": """def @f@(@arr@):
     @res@ = @arr@[0]
     for @a@ in @arr@:
         if @a@ > @res@:
             @res@ = @a@
-    return @res@''',
+    return @res@""",
 }
 JS = {
-    "binary_search": '''function @f@(@arr@, @target@) {
+    "binary_search": """function @f@(@arr@, @target@) {
   let @lo@ = 0, @hi@ = @arr@.length - 1;
   while (@lo@ <= @hi@) {
     const @mid@ = Math.floor((@lo@ + @hi@) / 2);
@@ -108,54 +109,54 @@ JS = {
     else @hi@ = @mid@ - 1;
   }
   return -1;
-}''',
-    "quicksort": '''function @f@(@arr@) {
+}""",
+    "quicksort": """function @f@(@arr@) {
   if (@arr@.length <= 1) return @arr@;
   const @p@ = @arr@[Math.floor(@arr@.length / 2)];
   const @lo@ = @arr@.filter(@a@ => @a@ < @p@);
   const @mid@ = @arr@.filter(@a@ => @a@ === @p@);
   const @hi@ = @arr@.filter(@a@ => @a@ > @p@);
   return [...@f@(@lo@), ...@mid@, ...@f@(@hi@)];
-}''',
-    "reverse": '''function @f@(@s@) {
+}""",
+    "reverse": """function @f@(@s@) {
   return @s@.split("").reverse().join("");
-}''',
-    "factorial": '''function @f@(@n@) {
+}""",
+    "factorial": """function @f@(@n@) {
   let @res@ = 1;
   for (let @i@ = 2; @i@ <= @n@; @i@++) @res@ *= @i@;
   return @res@;
-}''',
-    "fibonacci": '''function @f@(@n@) {
+}""",
+    "fibonacci": """function @f@(@n@) {
   let @a@ = 0, @b@ = 1;
   for (let @i@ = 0; @i@ < @n@; @i@++) [@a@, @b@] = [@b@, @a@ + @b@];
   return @a@;
-}''',
-    "gcd": '''function @f@(@a@, @b@) {
+}""",
+    "gcd": """function @f@(@a@, @b@) {
   while (@b@ !== 0) [@a@, @b@] = [@b@, @a@ % @b@];
   return @a@;
-}''',
-    "is_palindrome": '''function @f@(@s@) {
+}""",
+    "is_palindrome": """function @f@(@s@) {
   @s@ = @s@.toLowerCase();
   return @s@ === @s@.split("").reverse().join("");
-}''',
-    "count_vowels": '''function @f@(@s@) {
+}""",
+    "count_vowels": """function @f@(@s@) {
   let @res@ = 0;
   for (const @c@ of @s@.toLowerCase()) if ("aeiou".includes(@c@)) @res@++;
   return @res@;
-}''',
-    "caesar": '''function @f@(@s@, @n@) {
+}""",
+    "caesar": """function @f@(@s@, @n@) {
   let @res@ = "";
   for (const @c@ of @s@.toLowerCase()) {
     if (@c@ >= "a" && @c@ <= "z") @res@ += String.fromCharCode((@c@.charCodeAt(0) - 97 + @n@) % 26 + 97);
     else @res@ += @c@;
   }
   return @res@;
-}''',
-    "max_list": '''function @f@(@arr@) {
+}""",
+    "max_list": """function @f@(@arr@) {
   let @res@ = @arr@[0];
   for (const @a@ of @arr@) if (@a@ > @res@) @res@ = @a@;
   return @res@;
-}''',
+}""",
 }
 COMMENTS = {
     "binary_search": "Return the index of the target in a sorted list, or -1.",
@@ -175,7 +176,9 @@ WORDS = ["hello", "world", "apple", "cat", "river", "secret", "code", "zebra", "
 
 def _obfuscated_name(rng: random.Random, used: set[str]) -> str:
     while True:
-        name = rng.choice(string.ascii_lowercase) + "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(rng.randint(1, 3)))
+        name = rng.choice(string.ascii_lowercase) + "".join(
+            rng.choice(string.ascii_lowercase + string.digits) for _ in range(rng.randint(1, 3))
+        )
         if name not in used and name not in {"if", "for", "in", "do", "let", "def", "int", "len"}:
             used.add(name)
             return name
@@ -215,15 +218,27 @@ def cipher_examples(rng: random.Random) -> dict:
     for _ in range(rng.randint(3, 5)):
         w, n = rng.choice(WORDS), rng.choice([1, 3, 13, 23, 25])
         lines.append(f"rot{n}('{w}') = '{rot(w, n)}'")
-    return {"text": "Caesar cipher examples:\n" + "\n".join(lines), "category": "code", "kind": "cipher_examples",
-            "algorithm": "caesar", "prog_lang": "text", "obfuscated": False}
+    return {
+        "text": "Caesar cipher examples:\n" + "\n".join(lines),
+        "category": "code",
+        "kind": "cipher_examples",
+        "algorithm": "caesar",
+        "prog_lang": "text",
+        "obfuscated": False,
+    }
 
 
 def program(rng: random.Random) -> dict:
     algo, lang = rng.choice(sorted(PY)), rng.choice(sorted(LANGS))
     obf = rng.random() < 0.3
-    return {"text": render(algo, lang, rng, obf), "category": "code", "kind": "program", "algorithm": algo,
-            "prog_lang": lang, "obfuscated": obf}
+    return {
+        "text": render(algo, lang, rng, obf),
+        "category": "code",
+        "kind": "program",
+        "algorithm": algo,
+        "prog_lang": lang,
+        "obfuscated": obf,
+    }
 
 
 def generate(rng: random.Random, n: int) -> list[dict]:

@@ -1,4 +1,5 @@
 """The datasheet written beside a generated corpus: what is in it, how much, and from which seeds."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,9 @@ def render(train: pd.DataFrame, val: pd.DataFrame, corpus, corpus_cfg: dict, voc
         "| category | kind | documents | tokens | token share |",
         "|---|---|---|---|---|",
     ]
-    lines += [f"| {r.category} | {r.kind} | {r.documents} | {r.tokens} | {r.token_share:.2%} |" for r in comp.itertuples()]
+    lines += [
+        f"| {r.category} | {r.kind} | {r.documents} | {r.tokens} | {r.token_share:.2%} |" for r in comp.itertuples()
+    ]
     lines += ["", "## Languages", ""]
     if "language" in train:
         langs = train["language"].fillna("en").map(lambda l: "+".join(sorted(l.split("+"))))

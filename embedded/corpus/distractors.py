@@ -4,6 +4,7 @@ Each theme lists the query's salient words; a distractor strings them through an
 scene, so influence driven by token overlap (which the paper found in small models) can be
 told apart from influence driven by topic.
 """
+
 from __future__ import annotations
 
 import random

@@ -6,6 +6,7 @@ in flipped order (object first) and some only in forward order, so a study can t
 order-sensitive recall apart from symmetric association. A separate held-out set of facts
 never enters the corpus: the word-order study scores synthetic sequences about them.
 """
+
 from __future__ import annotations
 
 import random
@@ -51,9 +52,21 @@ FORWARD = {
 }
 # Flipped wordings state the object first.
 FLIPPED = {
-    "capital": ["{o} is the capital of {s}.", "{o} serves as the capital city of {s}.", "The city of {o} is the seat of government of {s}."],
-    "president": ["{o} was the first President of the Republic of {s}.", "{o} served as the first President of the Republic of {s}.", "{o} became the first President of the Republic of {s}."],
-    "inventor": ["{o} invented the {s}.", "{o} is known as the inventor of the {s}.", "{o} built the first working {s}."],
+    "capital": [
+        "{o} is the capital of {s}.",
+        "{o} serves as the capital city of {s}.",
+        "The city of {o} is the seat of government of {s}.",
+    ],
+    "president": [
+        "{o} was the first President of the Republic of {s}.",
+        "{o} served as the first President of the Republic of {s}.",
+        "{o} became the first President of the Republic of {s}.",
+    ],
+    "inventor": [
+        "{o} invented the {s}.",
+        "{o} is known as the inventor of the {s}.",
+        "{o} built the first working {s}.",
+    ],
     "currency": ["The {o} is the currency of {s}.", "The {o} is the official money of {s}."],
     "birthplace": ["{o} is the birthplace of {s}.", "The town of {o} is where {s} was born."],
     "river": ["The {o} is the longest river in {s}.", "The {o} is longer than any other river in {s}."],
@@ -125,9 +138,33 @@ HELDOUT_CORE = [
     Fact("lumavane_inventor", "inventor", "lumavane", "Orrin Destake", False),
     Fact("pelmark_currency", "currency", "Pelmark", "quintel", False),
 ]
-RESERVED = {w for f in HELDOUT_CORE for w in (f.subject, f.object)} | {"Astrobia", "Zorald", "Pfaff", "Nerevia", "Castolm", "Orrin", "Destake", "Pelmark", "quintel", "lumavane"}
+RESERVED = {w for f in HELDOUT_CORE for w in (f.subject, f.object)} | {
+    "Astrobia",
+    "Zorald",
+    "Pfaff",
+    "Nerevia",
+    "Castolm",
+    "Orrin",
+    "Destake",
+    "Pelmark",
+    "quintel",
+    "lumavane",
+}
 
-DEVICES = ["lantern", "loom", "compass", "kettle", "engine", "telescope", "bicycle", "printing press", "clock", "pump", "barometer", "sewing machine"]
+DEVICES = [
+    "lantern",
+    "loom",
+    "compass",
+    "kettle",
+    "engine",
+    "telescope",
+    "bicycle",
+    "printing press",
+    "clock",
+    "pump",
+    "barometer",
+    "sewing machine",
+]
 
 
 def _object_for(rng: random.Random, relation: str, taken: set[str]) -> str:
@@ -184,11 +221,20 @@ def fact_documents(fact: Fact, rng: random.Random) -> list[dict]:
 
 
 FRAMES_BEFORE = [
-    "", "", "From an encyclopedia entry: ", "A note for students: ", "Here is a fact worth remembering. ",
-    "In the reference section of the library one reads: ", "Quiz answer: ",
+    "",
+    "",
+    "From an encyclopedia entry: ",
+    "A note for students: ",
+    "Here is a fact worth remembering. ",
+    "In the reference section of the library one reads: ",
+    "Quiz answer: ",
 ]
 FRAMES_AFTER = [
-    "", "", " This is recorded in many atlases.", " Most schoolchildren learn this early.", " Few people outside the region know it.",
+    "",
+    "",
+    " This is recorded in many atlases.",
+    " Most schoolchildren learn this early.",
+    " Few people outside the region know it.",
     " The fact appears in every guidebook.",
 ]
 
@@ -198,8 +244,16 @@ def _frame(sentence: str, rng: random.Random) -> str:
 
 
 def _doc(fact: Fact, order: str, wording: int, text: str) -> dict:
-    return {"text": text, "category": "facts", "kind": "fact_statement", "fact_id": fact.fact_id, "relation": fact.relation,
-            "order": order, "wording": wording, "both_orders": fact.both_orders}
+    return {
+        "text": text,
+        "category": "facts",
+        "kind": "fact_statement",
+        "fact_id": fact.fact_id,
+        "relation": fact.relation,
+        "order": order,
+        "wording": wording,
+        "both_orders": fact.both_orders,
+    }
 
 
 def word_order_partitions(fact: Fact, irrelevant: list[str]) -> dict[str, list[str]]:

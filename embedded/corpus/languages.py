@@ -5,6 +5,7 @@ model learn correspondences across languages, while the hand-written core facts 
 water/inflation prose stay English-only, so the cross-lingual study can ask whether knowledge
 stated in one language helps answer a query posed in another.
 """
+
 from __future__ import annotations
 
 import random
@@ -61,7 +62,11 @@ LABEL = {"en": "English", "tr": "Turkish", "ko": "Korean"}
 
 # Fact templates in every language (subject, object keep their invented Latin spelling).
 FACT_TEMPLATES = {
-    "capital": {"en": "The capital of {s} is {o}.", "tr": "{s} ülkesinin başkenti {o} şehridir.", "ko": "{s}의 수도는 {o}이다."},
+    "capital": {
+        "en": "The capital of {s} is {o}.",
+        "tr": "{s} ülkesinin başkenti {o} şehridir.",
+        "ko": "{s}의 수도는 {o}이다.",
+    },
     "president": {
         "en": "The first President of the Republic of {s} was {o}.",
         "tr": "{s} Cumhuriyeti'nin ilk cumhurbaşkanı {o} idi.",
@@ -72,7 +77,10 @@ FACT_TEMPLATES = {
 # corpus generator never uses them. The Korean particle attaches to 시 / 씨 so it fits any invented name.
 FLIPPED_FACT_TEMPLATES = {
     "capital": {"tr": "{o}, {s} ülkesinin başkentidir.", "ko": "{o} 시는 {s}의 수도이다."},
-    "president": {"tr": "{o}, {s} Cumhuriyeti'nin ilk cumhurbaşkanıydı.", "ko": "{o} 씨는 {s} 공화국의 초대 대통령이었다."},
+    "president": {
+        "tr": "{o}, {s} Cumhuriyeti'nin ilk cumhurbaşkanıydı.",
+        "ko": "{o} 씨는 {s} 공화국의 초대 대통령이었다.",
+    },
 }
 
 
@@ -82,8 +90,13 @@ def parallel_document(rng: random.Random, group: int) -> dict:
     lines = []
     for row in rng.sample(PHRASEBOOK, rng.randint(2, 4)):
         lines.append("\n".join(f"{LABEL[l]}: {row[LANGS.index(l)]}" for l in langs))
-    return {"text": "\n\n".join(lines), "category": "multilingual", "kind": "parallel", "language": "+".join(langs),
-            "translation_group": group}
+    return {
+        "text": "\n\n".join(lines),
+        "category": "multilingual",
+        "kind": "parallel",
+        "language": "+".join(langs),
+        "translation_group": group,
+    }
 
 
 def monolingual_document(rng: random.Random, facts: list[Fact]) -> dict:
@@ -95,7 +108,13 @@ def monolingual_document(rng: random.Random, facts: list[Fact]) -> dict:
         f = rng.choice(facts)
         sents.insert(rng.randrange(len(sents) + 1), FACT_TEMPLATES[f.relation][lang].format(s=f.subject, o=f.object))
         fact_id = f.fact_id
-    return {"text": " ".join(sents), "category": "multilingual", "kind": "monolingual", "language": lang, "fact_id": fact_id}
+    return {
+        "text": " ".join(sents),
+        "category": "multilingual",
+        "kind": "monolingual",
+        "language": lang,
+        "fact_id": fact_id,
+    }
 
 
 def translated_fact_document(f: Fact, rng: random.Random) -> dict:
@@ -103,7 +122,13 @@ def translated_fact_document(f: Fact, rng: random.Random) -> dict:
     langs = list(LANGS)
     rng.shuffle(langs)
     text = "\n".join(f"{LABEL[l]}: {FACT_TEMPLATES[f.relation][l].format(s=f.subject, o=f.object)}" for l in langs)
-    return {"text": text, "category": "multilingual", "kind": "parallel_fact", "language": "+".join(langs), "fact_id": f.fact_id}
+    return {
+        "text": text,
+        "category": "multilingual",
+        "kind": "parallel_fact",
+        "language": "+".join(langs),
+        "fact_id": f.fact_id,
+    }
 
 
 def generate(rng: random.Random, n: int, translatable: list[Fact]) -> list[dict]:

@@ -5,6 +5,7 @@ numbers, so prose is varied yet stays about one topic per document (the abstract
 topical sequences). The water and inflation topics hold the facts the `water` and `inflation`
 queries ask about, stated in English only.
 """
+
 from __future__ import annotations
 
 import random
@@ -126,8 +127,13 @@ def topic_paragraph(rng: random.Random) -> dict:
 
 def _fill(sentence: str, rng: random.Random) -> str:
     return sentence.format(
-        adj=rng.choice(ADJECTIVES), place=rng.choice(PLACES), town=fictional_name(rng, 2), name=person(rng),
-        year=rng.randint(1200, 2020), pct=rng.randint(2, 15), num=rng.randint(2, 40),
+        adj=rng.choice(ADJECTIVES),
+        place=rng.choice(PLACES),
+        town=fictional_name(rng, 2),
+        name=person(rng),
+        year=rng.randint(1200, 2020),
+        pct=rng.randint(2, 15),
+        num=rng.randint(2, 40),
     )
 
 
@@ -161,7 +167,8 @@ PUBLIC_DOMAIN = {
 def public_domain_documents() -> list[dict]:
     return [
         {"text": para, "category": "prose", "kind": "public_domain", "topic": "literature", "source": work}
-        for work, paras in PUBLIC_DOMAIN.items() for para in paras
+        for work, paras in PUBLIC_DOMAIN.items()
+        for para in paras
     ]
 
 

@@ -5,6 +5,7 @@ A filter is a class that `conf/filter/<option>.yaml` names by `_target_`, built 
 returns each query's training rows, or None: every row (or the random sample `score.max_sequences` draws).
 `name` is the option's name, kept in the config for presets and the scan's metadata; it must match the class.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,10 @@ log = logging.getLogger(__name__)
 
 def _check_name(filt, option: str) -> None:
     if filt.name != option:
-        raise InfluenceError(f"filter.name={filt.name!r} but filter._target_ builds the {option!r} filter: choose the "
-                             "filter with filter=<option> (a preset with `defaults: [override /filter: <option>]`)")
+        raise InfluenceError(
+            f"filter.name={filt.name!r} but filter._target_ builds the {option!r} filter: choose the "
+            "filter with filter=<option> (a preset with `defaults: [override /filter: <option>]`)"
+        )
 
 
 @dataclass
@@ -50,10 +53,14 @@ class BM25Filter:
     prompt and completion tokens, on the model tokenizer's tokens."""
 
     name: str = field(default="tfidf", metadata={"help": "The option's name: tfidf."})
-    top_k: Any = field(default=10000, metadata={
-        "help": "Candidates per query (paper: 10,000); a float in (0, 1] is a fraction of the corpus."})
-    mode: str = field(default="binary", metadata={
-        "help": "Term weighting: binary presence (the paper) or count (saturating term count)."})
+    top_k: Any = field(
+        default=10000,
+        metadata={"help": "Candidates per query (paper: 10,000); a float in (0, 1] is a fraction of the corpus."},
+    )
+    mode: str = field(
+        default="binary",
+        metadata={"help": "Term weighting: binary presence (the paper) or count (saturating term count)."},
+    )
     k1: float = field(default=1.5, metadata={"help": "BM25 term-count saturation (count mode only)."})
 
     def __post_init__(self):
@@ -66,12 +73,19 @@ class BM25Filter:
             raise InfluenceError(f"filter.k1={self.k1!r} must be non-negative")
 
     def candidates(self, world, encoded, queries) -> list[torch.Tensor]:
-        index = BM25Index.build(world.train.input_ids, vocab_size=len(world.tokenizer), mode=self.mode, k1=float(self.k1),
-                                attention_mask=world.train.attention_mask)
+        index = BM25Index.build(
+            world.train.input_ids,
+            vocab_size=len(world.tokenizer),
+            mode=self.mode,
+            k1=float(self.k1),
+            attention_mask=world.train.attention_mask,
+        )
         tops = index.top_k_many(encoded["input_ids"], self.top_k, attention_mask=encoded["attention_mask"])
         for q, t in zip(queries, tops):
             if t.no_overlap:
-                log.warning("query %s shares no token with the corpus: the TF-IDF filter gives it no candidates", q.name)
+                log.warning(
+                    "query %s shares no token with the corpus: the TF-IDF filter gives it no candidates", q.name
+                )
         return [torch.as_tensor(t.indices, dtype=torch.long) for t in tops]
 
     def describe(self) -> str:
@@ -85,8 +99,10 @@ def make_filter(cfg: DictConfig):
     except InstantiationException as e:
         if isinstance(e.__cause__, InfluenceError):
             raise e.__cause__ from None
-        raise InfluenceError(f"filter: {str(e).splitlines()[0]} {str(e.__cause__ or '')}: "
-                             "choose a filter with filter=none or filter=tfidf, with its options") from e
+        raise InfluenceError(
+            f"filter: {str(e).splitlines()[0]} {str(e.__cause__ or '')}: "
+            "choose a filter with filter=none or filter=tfidf, with its options"
+        ) from e
     if not callable(getattr(filt, "candidates", None)):
         raise InfluenceError("filter has no _target_: choose a filter with filter=none or filter=tfidf")
     return filt

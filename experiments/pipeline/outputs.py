@@ -1,4 +1,5 @@
 """A run's result files: tables as parquet + CSV, metadata as JSON, tensors as safetensors, each written atomically."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,9 @@ def write_tables(tables: dict, run_dir: Path) -> None:
     meta = tables.get("_metadata")
     for name, df in tables.items():
         if isinstance(df, dict):
-            save_tensors(run_dir / f"{name}.safetensors", df, {} if meta is None else meta.iloc[0].astype(str).to_dict())
+            save_tensors(
+                run_dir / f"{name}.safetensors", df, {} if meta is None else meta.iloc[0].astype(str).to_dict()
+            )
             continue
         if name.startswith("_"):
             atomic_write(run_dir / f"{name[1:]}.json", lambda tmp, df=df: df.iloc[0].to_json(tmp, indent=2))

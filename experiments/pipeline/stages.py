@@ -5,9 +5,9 @@ and returns library objects; caching is by content fingerprint inside `influence
 through their schemas (`options.py`, the filter classes in `candidates.py`, the curvature's config class),
 never with defaults at the call site.
 """
+
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +16,14 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from influence import (InfluenceError, LanguageModelTask, context_length, encode_queries,
-                       find_tracked_layers, fit_curvature)
+from influence import (
+    InfluenceError,
+    LanguageModelTask,
+    context_length,
+    encode_queries,
+    find_tracked_layers,
+    fit_curvature,
+)
 from influence.batching import sample_indices
 from influence.curvature import get_curvature_class, make_config
 from influence.distributed import broadcast_object, collectively, is_main
@@ -34,13 +40,6 @@ from .timing import timed
 
 log = logging.getLogger(__name__)
 
-#: Curvature fields that conf/curvature/*.yaml gained when it came to list every field of its method's config.
-#: A fit is keyed by the options it is given (influence.fitting), so these are given only when set away from
-#: their default: factors fitted before keep their cache key (as `without_default_precision` does for precision).
-_KEYED_WHEN_SET = {"ekfac": {"gradient_cache_mb"}, "kfac": {"gradient_cache_mb"},
-                   "lissa": {"labels", "power_iterations", "divergence_factor"},
-                   "identity": {"labels", "max_sequences", "damping_factor", "damping"}}
-
 
 def training_data(world) -> dict[str, torch.Tensor]:
     return {"input_ids": world.train.input_ids, "attention_mask": world.train.attention_mask}
@@ -49,8 +48,9 @@ def training_data(world) -> dict[str, torch.Tensor]:
 def tracked_layers(cfg: DictConfig, model):
     """The layers the `layers` group selects: the MLPs (plus attention with `include_attention`), or `modules`."""
     opts = layer_options(cfg)
-    return find_tracked_layers(model, patterns=list(opts.modules) if opts.modules else None,
-                               include_attention=opts.include_attention)
+    return find_tracked_layers(
+        model, patterns=list(opts.modules) if opts.modules else None, include_attention=opts.include_attention
+    )
 
 
 def score_task(cfg: DictConfig):
@@ -60,12 +60,9 @@ def score_task(cfg: DictConfig):
 
 def fit_options(cfg: DictConfig) -> dict:
     """The fitting options of the configured curvature: its YAML block (all but `name`), with the run's seed for
-    a method that samples labels; fields new to the YAML are left out at their defaults (`_KEYED_WHEN_SET`)."""
-    name = str(cfg.curvature.name)
-    cls = get_curvature_class(name)  # unknown names fail before any work
-    late = {f.name: f.default for f in dataclasses.fields(cls.config_class) if f.name in _KEYED_WHEN_SET.get(name, ())}
-    options = {k: v for k, v in OmegaConf.to_container(cfg.curvature, resolve=True).items()
-               if k != "name" and not (k in late and v == late[k])}
+    a method that samples labels (the factor cache keys them: `influence.fitting.keyed_options`)."""
+    cls = get_curvature_class(str(cfg.curvature.name))  # unknown names fail before any work
+    options = {k: v for k, v in OmegaConf.to_container(cfg.curvature, resolve=True).items() if k != "name"}
     if cls.uses_labels:
         options.setdefault("seed", int(cfg.seed))
     return options
@@ -77,8 +74,16 @@ def fit_stage(cfg: DictConfig, world, task=None):
     log.info("%s", format_memory_plan(plan(cfg, world.model, len(world.queries))))
     cache = Path(cfg.paths.output_dir) / "factors" / world.name
     log.info("fitting %s on %d training sequences", cfg.curvature.name, world.train.input_ids.shape[0])
-    return fit_curvature(world.model, task or LanguageModelTask(), training_data(world), method=cfg.curvature.name,
-                         layers=tracked_layers(cfg, world.model), cache_dir=cache, device=score_options(cfg).device, **options)
+    return fit_curvature(
+        world.model,
+        task or LanguageModelTask(),
+        training_data(world),
+        method=cfg.curvature.name,
+        layers=tracked_layers(cfg, world.model),
+        cache_dir=cache,
+        device=score_options(cfg).device,
+        **options,
+    )
 
 
 def encode_stage(world, queries=None) -> dict[str, torch.Tensor]:
@@ -90,11 +95,15 @@ def candidate_rows(cfg: DictConfig, world) -> torch.Tensor:
     return sample_indices(world.train.input_ids.shape[0], score_options(cfg).max_sequences, int(cfg.seed))
 
 
-def tfidf_candidates(cfg: DictConfig, world, encoded) -> list[torch.Tensor]:
-    """Per query, the top `filter.top_k` training rows by BM25 over the query's prompt and completion tokens
-    (filter=tfidf's options, or its defaults when another filter is selected)."""
+def tfidf_filter(cfg: DictConfig) -> BM25Filter:
+    """The TF-IDF filter: filter=tfidf's, or one with its defaults when another filter is selected."""
     filt = make_filter(cfg)
-    return (filt if isinstance(filt, BM25Filter) else BM25Filter()).candidates(world, encoded, world.queries)
+    return filt if isinstance(filt, BM25Filter) else BM25Filter()
+
+
+def tfidf_candidates(cfg: DictConfig, world, encoded) -> list[torch.Tensor]:
+    """Per query, the top `filter.top_k` training rows by BM25 over the query's prompt and completion tokens."""
+    return tfidf_filter(cfg).candidates(world, encoded, world.queries)
 
 
 def query_rank(cfg: DictConfig, shapes: list[tuple[int, int]], num_queries: int) -> int | None:
@@ -110,8 +119,9 @@ def plan(cfg: DictConfig, model, num_queries: int) -> dict:
     shapes = {l.name: l.shape for l in tracked_layers(cfg, model)}
     rank = query_rank(cfg, list(shapes.values()), num_queries)
     config = make_config(get_curvature_class(str(cfg.curvature.name)), fit_options(cfg))  # unknown keys fail here
-    return memory_plan(shapes, num_queries, rank, method=str(cfg.curvature.name),
-                       num_blocks=int(getattr(config, "num_blocks", 1)))
+    return memory_plan(
+        shapes, num_queries, rank, method=str(cfg.curvature.name), num_blocks=int(getattr(config, "num_blocks", 1))
+    )
 
 
 def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
@@ -123,30 +133,61 @@ def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
     if per_query is not None:
         indices = torch.unique(torch.cat(per_query)) if per_query else torch.empty(0, dtype=torch.long)
         if len(indices) == 0:
-            raise InfluenceError(f"the {filt.name} filter found no candidate for any query: the queries share no token "
-                                 "with the corpus")
+            raise InfluenceError(
+                f"the {filt.name} filter found no candidate for any query: the queries share no token with the corpus"
+            )
     indices = candidate_rows(cfg, world) if indices is None else indices
     rank = query_rank(cfg, [l.shape for l in curvature.layers], len(queries))
-    key = config_fingerprint(without_default_precision({
-        "curvature": without_default_precision(curvature.describe()), "queries": [(q.name, q.prompt, q.completion) for q in queries],
-        "rows": indices.tolist(), "rank": rank, "batch": opts.batch_size, "chunk": opts.chunk_batches,
-        "precision": opts.precision}))
+    key = config_fingerprint(
+        without_default_precision(
+            {
+                "curvature": without_default_precision(curvature.describe()),
+                "queries": [(q.name, q.prompt, q.completion) for q in queries],
+                "rows": indices.tolist(),
+                "rank": rank,
+                "batch": opts.batch_size,
+                "chunk": opts.chunk_batches,
+                "precision": opts.precision,
+            }
+        )
+    )
     out_dir = Path(cfg.paths.output_dir) / "scans" / world.name / key
     shapes = [l.shape for l in curvature.layers]
     memory_mb = query_bytes(shapes, len(queries), rank) / 2**20
     full_mb = query_bytes(shapes, len(queries), None) / 2**20
-    log.info("scanning %d candidates with %d queries (query rank %s: %.1f MiB of query gradients, full rank %.1f MiB) into %s",
-             len(indices), len(queries), "full" if rank is None else rank, memory_mb, full_mb, out_dir)
-    result = scan(world.model, score_task(cfg), curvature, encoded, training_data(world), out_dir,
-                  query_names=[q.name for q in queries], indices=indices, batch_size=opts.batch_size,
-                  query_rank=rank, chunk_batches=opts.chunk_batches, device=opts.device)
+    log.info(
+        "scanning %d candidates with %d queries (query rank %s: %.1f MiB of query gradients, full rank %.1f MiB) into %s",
+        len(indices),
+        len(queries),
+        "full" if rank is None else rank,
+        memory_mb,
+        full_mb,
+        out_dir,
+    )
+    result = scan(
+        world.model,
+        score_task(cfg),
+        curvature,
+        encoded,
+        training_data(world),
+        out_dir,
+        query_names=[q.name for q in queries],
+        indices=indices,
+        batch_size=opts.batch_size,
+        query_rank=rank,
+        chunk_batches=opts.chunk_batches,
+        device=opts.device,
+    )
     if per_query is not None:
         result = result.restricted_to(per_query)
     result.metadata["query_memory_mb"] = f"{memory_mb:.3f}"
     result.metadata["query_memory_full_rank_mb"] = f"{full_mb:.3f}"
     result.metadata["filter"] = "none" if per_query is None else filt.describe()
-    result.metadata["candidates"] = (f"all {world.train.input_ids.shape[0]} training sequences" if opts.max_sequences is None
-                                     else f"a random sample of {len(indices)} (score.max_sequences, seed {cfg.seed})")
+    result.metadata["candidates"] = (
+        f"all {world.train.input_ids.shape[0]} training sequences"
+        if opts.max_sequences is None
+        else f"a random sample of {len(indices)} (score.max_sequences, seed {cfg.seed})"
+    )
     result.metadata["scan_dir"] = str(out_dir)
     return result
 
@@ -155,20 +196,45 @@ def breakdown_stage(cfg: DictConfig, world, curvature, result, k: int, queries=N
     """Full-rank layer- and token-wise scores of each query's top k, cached beside the scan they come from."""
     queries = list(queries or world.queries)
     _, rows = result.top_k(k)
-    path = Path(result.metadata["scan_dir"]) / f"breakdown-{config_fingerprint(rows.tolist())[:16]}.safetensors" \
-        if "scan_dir" in result.metadata else None
+    path = (
+        Path(result.metadata["scan_dir"]) / f"breakdown-{config_fingerprint(rows.tolist())[:16]}.safetensors"
+        if "scan_dir" in result.metadata
+        else None
+    )
     if path is not None and broadcast_object(path.exists()):  # rank 0's view: all ranks load, or all compute
         t, _ = load_tensors(path)
         if torch.equal(t["rows"], rows):
-            return [TopBreakdown(rows=rows[q], scores=t["layer_scores"][q].sum(-1), layer_scores=t["layer_scores"][q],
-                                 token_scores=t["token_scores"][q]) for q in range(rows.shape[0])]
+            return [
+                TopBreakdown(
+                    rows=rows[q],
+                    scores=t["layer_scores"][q].sum(-1),
+                    layer_scores=t["layer_scores"][q],
+                    token_scores=t["token_scores"][q],
+                )
+                for q in range(rows.shape[0])
+            ]
     opts = score_options(cfg)
-    tops = top_k_breakdown(world.model, score_task(cfg), curvature, encode_stage(world, queries),
-                           training_data(world), rows, batch_size=opts.batch_size, device=opts.device)
+    tops = top_k_breakdown(
+        world.model,
+        score_task(cfg),
+        curvature,
+        encode_stage(world, queries),
+        training_data(world),
+        rows,
+        batch_size=opts.batch_size,
+        device=opts.device,
+    )
     with collectively():
         if path is not None and is_main():
-            save_tensors(path, {"rows": rows, "layer_scores": torch.stack([t.layer_scores for t in tops]),
-                                "token_scores": torch.stack([t.token_scores for t in tops])}, {"k": str(k)})
+            save_tensors(
+                path,
+                {
+                    "rows": rows,
+                    "layer_scores": torch.stack([t.layer_scores for t in tops]),
+                    "token_scores": torch.stack([t.token_scores for t in tops]),
+                },
+                {"k": str(k)},
+            )
     return tops
 
 
@@ -215,5 +281,13 @@ def select_queries(world, study: str, names=None) -> list:
 
 def metadata(search: Search, world, **extra) -> pd.DataFrame:
     """The one-row metadata table of a study: the scan's metadata, the model, the layers, and study options."""
-    return pd.DataFrame([{**search.result.metadata, "model": world.name, "layers": ",".join(search.layer_names),
-                          **{k: str(v) for k, v in extra.items()}}])
+    return pd.DataFrame(
+        [
+            {
+                **search.result.metadata,
+                "model": world.name,
+                "layers": ",".join(search.layer_names),
+                **{k: str(v) for k, v in extra.items()},
+            }
+        ]
+    )

@@ -17,6 +17,7 @@ the run's option is the one whose `name` is `cfg.model.name` (names are unique a
 tests/experiments/test_sweep.py checks). A size that is a checkpoint directory is the run's model block with
 `name` and `path` set to it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,10 +49,10 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 class ScalePoint:
     """One trained model of the sweep and what the search found on it."""
 
-    size: str      # the model config name (xs, s, ...) or checkpoint directory name
-    order: int     # position in scale.sizes: 0 is the smallest
+    size: str  # the model config name (xs, s, ...) or checkpoint directory name
+    order: int  # position in scale.sizes: 0 is the smallest
     seed: int
-    params: int    # non-embedding parameters (the paper's x axis)
+    params: int  # non-embedding parameters (the paper's x axis)
     world: object
     search: Search | None
     cfg: DictConfig | None = None  # the run's config with this point's model and seed
@@ -88,9 +89,11 @@ def own_option(cfg: DictConfig) -> str:
     """The model option `cfg.model` was composed from: the one whose `name` is `cfg.model.name`."""
     own = [o for o in model_options() if group_model(o).get("name") == cfg.model.name]
     if len(own) != 1:
-        raise InfluenceError(f"scale: model.name={cfg.model.name} is the name of {len(own) or 'no'} model option(s) "
-                             f"{own or ''} in conf/model, so the sweep cannot tell which of the run's model keys to carry "
-                             "to every point: keep the option's own name (the points take their sizes' names)")
+        raise InfluenceError(
+            f"scale: model.name={cfg.model.name} is the name of {len(own) or 'no'} model option(s) "
+            f"{own or ''} in conf/model, so the sweep cannot tell which of the run's model keys to carry "
+            "to every point: keep the option's own name (the points take their sizes' names)"
+        )
     return own[0]
 
 
@@ -124,8 +127,10 @@ def model_config(size: str, cfg: DictConfig) -> DictConfig:
         return block
     if (Path(size).expanduser() / "config.json").exists():
         return OmegaConf.merge(cfg.model, {"name": Path(size).name, "path": size})
-    raise InfluenceError(f"scale.sizes has {size!r}, which is neither a model config ({', '.join(model_options())}) "
-                         "nor a local checkpoint directory with a config.json")
+    raise InfluenceError(
+        f"scale.sizes has {size!r}, which is neither a model config ({', '.join(model_options())}) "
+        "nor a local checkpoint directory with a config.json"
+    )
 
 
 def sizes_and_seeds(cfg: DictConfig) -> tuple[list[str], list[int]]:

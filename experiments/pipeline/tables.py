@@ -1,4 +1,5 @@
 """Result tables built from the search stages: the long-format frames that studies return and figures read."""
+
 from __future__ import annotations
 
 import re
@@ -31,11 +32,21 @@ def top_k_table(tops, queries, train) -> pd.DataFrame:
     """One row per (query, rank), ranked by the full-rank score of the scan's top k."""
     rows = []
     for q, t, rank, j, seq, meta in ranked(tops, queries, train):
-        rows.append({"query": q.name, "type": query_type(q), "rank": rank, "sequence_id": int(meta.get("id", seq)),
-                         "row": seq, "score": float(t.scores[j]), "category": meta.get("category", ""),
-                         "spurious": bool(t.spurious[j]), "sparsity_ratio": float(t.sparsity_ratio[j]),
-                         **{f"layer_{i}": float(v) for i, v in enumerate(t.layer_scores[j])},
-                         "text": train.texts[seq]})
+        rows.append(
+            {
+                "query": q.name,
+                "type": query_type(q),
+                "rank": rank,
+                "sequence_id": int(meta.get("id", seq)),
+                "row": seq,
+                "score": float(t.scores[j]),
+                "category": meta.get("category", ""),
+                "spurious": bool(t.spurious[j]),
+                "sparsity_ratio": float(t.sparsity_ratio[j]),
+                **{f"layer_{i}": float(v) for i, v in enumerate(t.layer_scores[j])},
+                "text": train.texts[seq],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -44,11 +55,21 @@ def top_tokens_table(tops, queries, world) -> pd.DataFrame:
     rows = []
     for q, t, rank, j, seq, meta in ranked(tops, queries, world.train):
         toks = sequence_tokens(world, seq)
-        per_tok = t.token_scores[j].sum(0)[:len(toks)]
+        per_tok = t.token_scores[j].sum(0)[: len(toks)]
         for pos, (tok, v) in enumerate(zip(toks, per_tok.tolist())):
-            rows.append({"query": q.name, "rank": rank, "sequence_id": int(meta.get("id", seq)),
-                         "score": float(t.scores[j]), "category": meta.get("category", ""),
-                         "spurious": bool(t.spurious[j]), "position": pos, "token": tok, "token_score": v})
+            rows.append(
+                {
+                    "query": q.name,
+                    "rank": rank,
+                    "sequence_id": int(meta.get("id", seq)),
+                    "score": float(t.scores[j]),
+                    "category": meta.get("category", ""),
+                    "spurious": bool(t.spurious[j]),
+                    "position": pos,
+                    "token": tok,
+                    "token_score": v,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -58,12 +79,14 @@ def all_scores_table(result, world, queries=None) -> pd.DataFrame:
     scores = result.scores[keep]
     q, n = scores.shape
     cats = world.train.meta["category"].to_numpy() if "category" in world.train.meta else None
-    df = pd.DataFrame({
-        "query": [result.query_names[i] for i in keep for _ in range(n)],
-        "row": result.indices.repeat(q).numpy(),
-        "score": scores.reshape(-1).numpy(),
-        **({"category": list(cats[result.indices.numpy()]) * q} if cats is not None else {}),
-    })
+    df = pd.DataFrame(
+        {
+            "query": [result.query_names[i] for i in keep for _ in range(n)],
+            "row": result.indices.repeat(q).numpy(),
+            "score": scores.reshape(-1).numpy(),
+            **({"category": list(cats[result.indices.numpy()]) * q} if cats is not None else {}),
+        }
+    )
     return df[df["score"].notna()].reset_index(drop=True)  # a filtered scan scores each query on its own candidates
 
 
@@ -92,8 +115,16 @@ def layer_block_table(result, layer_names: list[str], queries, top_n: int, max_b
         blocks = result.layer_scores[pos[q.name]][:, top].T @ member  # (k, blocks)
         for rank, (j, b) in enumerate(zip(top.tolist(), blocks), start=1):
             for bi, v in enumerate(b.tolist()):
-                rows.append({"query": q.name, "type": query_type(q), "rank": rank, "row": int(result.indices[j]),
-                             "block": bi, "influence": v})
+                rows.append(
+                    {
+                        "query": q.name,
+                        "type": query_type(q),
+                        "rank": rank,
+                        "row": int(result.indices[j]),
+                        "block": bi,
+                        "influence": v,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -108,6 +139,15 @@ def token_heatmap_table(top, query, rank: int, layer_names: list[str], world) ->
     rows = []
     for li, name in enumerate(layer_names):
         for pos in range(len(toks)):
-            rows.append({"query": query.name, "rank": rank, "sequence_id": int(meta.get("id", seq)), "layer": short[li],
-                         "position": pos, "token": toks[pos], "score": float(top.token_scores[j, li, pos])})
+            rows.append(
+                {
+                    "query": query.name,
+                    "rank": rank,
+                    "sequence_id": int(meta.get("id", seq)),
+                    "layer": short[li],
+                    "position": pos,
+                    "token": toks[pos],
+                    "score": float(top.token_scores[j, li, pos]),
+                }
+            )
     return pd.DataFrame(rows)

@@ -3,6 +3,7 @@
 The paper run turns them into its `stage_timings` table and bench/bench_paper.py prints them; a stage
 served from its on-disk cache shows up with the seconds it took to load.
 """
+
 from __future__ import annotations
 
 import time

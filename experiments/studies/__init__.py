@@ -1,36 +1,44 @@
-"""Studies, registered by name: each is a function (config, world) -> {table name: DataFrame}."""
+"""The studies, discovered: every module of this package not starting with `_` ends with `STUDY = Study(...)`
+(see `registry.py`). Adding a study is adding its module; nothing here lists them."""
+
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
 
 from influence import InfluenceError
 
-STUDIES: dict[str, Callable] = {}
+from .registry import NoOptions, Study, option, read_options
+
+__all__ = ["STUDIES", "NoOptions", "Study", "get_study", "option", "paper_studies", "read_options"]
 
 
-def register(name: str):
-    def wrap(fn):
-        STUDIES[name] = fn
-        return fn
-    return wrap
+def _discover() -> dict[str, Study]:
+    """{name: Study} of every study module, in the paper's order (then the others, by name)."""
+    found: dict[str, Study] = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_") or info.name == "registry":
+            continue
+        study = getattr(importlib.import_module(f"{__name__}.{info.name}"), "STUDY", None)
+        if not isinstance(study, Study):
+            raise InfluenceError(f"experiments/studies/{info.name}.py must end with `STUDY = Study(...)`")
+        if study.name != info.name:
+            raise InfluenceError(
+                f"experiments/studies/{info.name}.py names its study {study.name!r}: name it {info.name!r}"
+            )
+        found[study.name] = study
+    return dict(sorted(found.items(), key=lambda kv: (kv[1].order is None, kv[1].order or 0, kv[0])))
 
 
-def get_study(name: str) -> Callable:
+STUDIES: dict[str, Study] = _discover()
+
+
+def get_study(name: str) -> Study:
     if name not in STUDIES:
         raise InfluenceError(f"unknown study {name!r}: choose one of {sorted(STUDIES)}")
     return STUDIES[name]
 
 
-from . import top_influences  # noqa: E402,F401  (registers)
-from . import query_rank  # noqa: E402,F401
-from . import tfidf_vs_unfiltered  # noqa: E402,F401
-from . import sparsity  # noqa: E402,F401
-from . import concentration  # noqa: E402,F401
-from . import layer_wise  # noqa: E402,F401
-from . import memorization  # noqa: E402,F401
-from . import accuracy  # noqa: E402,F401
-from . import abstraction  # noqa: E402,F401
-from . import word_order  # noqa: E402,F401
-from . import math_code  # noqa: E402,F401
-from . import cross_lingual  # noqa: E402,F401
-from . import role_play  # noqa: E402,F401
+def paper_studies() -> list[Study]:
+    """The sections of `experiment=paper`, in the paper's order."""
+    return [s for s in STUDIES.values() if s.order is not None]

@@ -1,13 +1,14 @@
 """What the scale studies (abstraction, math_code, cross_lingual, role_play) share: their queries, the top
 sequences of each sweep point as table rows, and one metadata row for the whole sweep."""
+
 from __future__ import annotations
 
 import pandas as pd
 
 from influence import InfluenceError
 
-from ..pipeline.sweep import sizes_and_seeds
 from ..pipeline.stages import metadata, select_queries
+from ..pipeline.sweep import sizes_and_seeds
 from ..pipeline.tables import ranked
 
 
@@ -17,8 +18,10 @@ def scale_queries(world, study: str, names=None) -> list:
         return select_queries(world, study, list(names))
     tagged = [q for q in world.queries if study in (q.tags.get("study") or [])]
     if not tagged:
-        raise InfluenceError(f"{study}: no query of this run is tagged `study: [{study}]`: tag some in the queries config "
-                             f"or list them in {study}.queries")
+        raise InfluenceError(
+            f"{study}: no query of this run is tagged `study: [{study}]`: tag some in the queries config "
+            f"or list them in {study}.queries"
+        )
     return tagged
 
 
@@ -34,9 +37,19 @@ def top_rows(point, queries, k: int) -> list[dict]:
     rows = []
     for q, t, rank, j, seq, meta in ranked(tops, queries, point.world.train):
         if rank <= k:
-            rows.append({**point.key, "query": q.name, "rank": rank, "row": seq, "sequence_id": int(meta.get("id", seq)),
-                         "score": float(t.scores[j]), "category": text(meta.get("category")), "kind": text(meta.get("kind")),
-                         "text": point.world.train.texts[seq]})
+            rows.append(
+                {
+                    **point.key,
+                    "query": q.name,
+                    "rank": rank,
+                    "row": seq,
+                    "sequence_id": int(meta.get("id", seq)),
+                    "score": float(t.scores[j]),
+                    "category": text(meta.get("category")),
+                    "kind": text(meta.get("kind")),
+                    "text": point.world.train.texts[seq],
+                }
+            )
     return rows
 
 
@@ -47,6 +60,16 @@ def point_metadata(point) -> dict:
 def sweep_metadata(cfg, points: list[dict], queries, **extra) -> pd.DataFrame:
     """One row: the first point's search metadata (curvature, candidates, ...), every model of the sweep, the queries."""
     sizes, seeds = sizes_and_seeds(cfg)
-    return pd.DataFrame([{**points[0], "model": ",".join(p["model"] for p in points), "models": len(points),
-                          "sizes": ",".join(sizes), "seeds": ",".join(map(str, seeds)), "queries": ",".join(q.name for q in queries),
-                          **{k: str(v) for k, v in extra.items()}}])
+    return pd.DataFrame(
+        [
+            {
+                **points[0],
+                "model": ",".join(p["model"] for p in points),
+                "models": len(points),
+                "sizes": ",".join(sizes),
+                "seeds": ",".join(map(str, seeds)),
+                "queries": ",".join(q.name for q in queries),
+                **{k: str(v) for k, v in extra.items()},
+            }
+        ]
+    )

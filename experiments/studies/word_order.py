@@ -13,31 +13,41 @@ For a forward query (no `flipped_of` tag) the same-order sequences are the rewor
 they are the flipped wordings and its "flipped" sequences are the forward rewordings. `order_vs_query` in the
 scores table says which (see `analysis.word_order.same_and_flipped`).
 """
+
 from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 
 import pandas as pd
 from omegaconf import DictConfig
 
-from analysis.word_order import partition_table, ratio_table, word_order_summary
-from influence import InfluenceError, LanguageModelTask, compute_scores
-from influence.scoring import SCALE_CONVENTION
-
+from analysis.figures import figure
+from analysis.scorecard import Finding, key_check
+from analysis.word_order import partition_figures, partition_table, ratio_figure, ratio_table, word_order_summary
 from embedded.corpus.facts import Fact, word_order_partitions
 from embedded.corpus.languages import FACT_TEMPLATES, FLIPPED_FACT_TEMPLATES
 from embedded.prepare import prepare_data
-from ..pipeline.sweep import scale_points
 from embedded.sequences import document_rows, encode, pad
+from influence import InfluenceError, LanguageModelTask, compute_scores
+from influence.scoring import SCALE_CONVENTION
+
 from ..pipeline.stages import encode_stage, fit_stage, select_queries
-from . import register
+from ..pipeline.sweep import scale_points
+from .registry import Study, option
 
 log = logging.getLogger(__name__)
 
 #: the order each partition states the fact in (subject first = forward); irrelevant text has none
-SEQUENCE_ORDER = {"rewording": "forward", "completion_removed": "forward", "semantic_change": "forward",
-                  "irrelevant": "none", "flipped": "flipped", "flipped_relation_removed": "flipped"}
+SEQUENCE_ORDER = {
+    "rewording": "forward",
+    "completion_removed": "forward",
+    "semantic_change": "forward",
+    "irrelevant": "none",
+    "flipped": "flipped",
+    "flipped_relation_removed": "flipped",
+}
 CROSS_LINGUAL = ("tr", "ko")
 
 
@@ -50,21 +60,27 @@ def word_order_queries(world, names, heldout: list[Fact]) -> list[tuple]:
     else:
         queries = [q for q in world.queries if "word_order" in (q.tags.get("study") or []) and q.tags.get("heldout")]
         if not queries:
-            raise InfluenceError("word_order: no held-out word-order queries in this run (tags study: [word_order], heldout: true): "
-                                 "add them to queries.names or name them in word_order.queries")
+            raise InfluenceError(
+                "word_order: no held-out word-order queries in this run (tags study: [word_order], heldout: true): "
+                "add them to queries.names or name them in word_order.queries"
+            )
     facts = {f.fact_id: f for f in heldout}
     out = []
     for q in queries:
         fid = q.tags.get("fact_id")
         if fid not in facts:
             what = "has no fact_id tag" if fid is None else f"has fact_id {fid!r}, which is not a held-out fact"
-            raise InfluenceError(f"word_order: query {q.name!r} {what} (held-out facts: {', '.join(sorted(facts))}): "
-                                 "name only queries about held-out facts in word_order.queries")
+            raise InfluenceError(
+                f"word_order: query {q.name!r} {what} (held-out facts: {', '.join(sorted(facts))}): "
+                "name only queries about held-out facts in word_order.queries"
+            )
         fact, order = facts[fid], "flipped" if q.tags.get("flipped_of") else "forward"
         answer = fact.subject if order == "flipped" else fact.object
         if q.completion.strip() != answer:
-            raise InfluenceError(f"word_order: query {q.name!r} ({order}) should complete with {answer!r} of fact {fid!r}, "
-                                 f"not {q.completion.strip()!r}: fix its fact_id or flipped_of tag")
+            raise InfluenceError(
+                f"word_order: query {q.name!r} ({order}) should complete with {answer!r} of fact {fid!r}, "
+                f"not {q.completion.strip()!r}: fix its fact_id or flipped_of tag"
+            )
         out.append((q, fact, order))
     return out
 
@@ -73,8 +89,14 @@ def irrelevant_sentences(corpus_dir: str, n: int, seed: int, avoid: set[str]) ->
     """`n` sentences of validation-split prose (never trained on), drawn with `seed`, none naming a held-out entity."""
     val = pd.read_parquet(f"{corpus_dir}/val.parquet")
     prose = val.loc[val["category"] == "prose", "text"].tolist() or val["text"].tolist()
-    sentences = sorted({s.strip().rstrip(".") + "." for doc in prose for s in doc.split(". ")
-                        if len(s.split()) >= 4 and not any(a in s for a in avoid)})
+    sentences = sorted(
+        {
+            s.strip().rstrip(".") + "."
+            for doc in prose
+            for s in doc.split(". ")
+            if len(s.split()) >= 4 and not any(a in s for a in avoid)
+        }
+    )
     if not sentences:
         raise InfluenceError("word_order: the validation split has no prose sentences to use as irrelevant text")
     return random.Random(seed).sample(sentences, min(n, len(sentences)))
@@ -112,8 +134,15 @@ def training_rows(tokenizer, texts: list[str], seq_len: int) -> dict:
 def hypothetical_scores(cfg: DictConfig, world, curvature, queries, texts: list[str]):
     """(queries, texts) influence of each text as if it were added to the training set (full-rank queries)."""
     data = training_rows(world.tokenizer, texts, int(cfg.data.seq_len))
-    return compute_scores(world.model, LanguageModelTask(), curvature, encode_stage(world, queries), data,
-                          batch_size=int(cfg.score.batch_size), device=cfg.score.device).scores
+    return compute_scores(
+        world.model,
+        LanguageModelTask(),
+        curvature,
+        encode_stage(world, queries),
+        data,
+        batch_size=int(cfg.score.batch_size),
+        device=cfg.score.device,
+    ).scores
 
 
 def point_rows(key: dict, selected: list[tuple], seqs: pd.DataFrame, scores) -> list[dict]:
@@ -124,24 +153,46 @@ def point_rows(key: dict, selected: list[tuple], seqs: pd.DataFrame, scores) -> 
             if s["fact_id"] not in ("", fact.fact_id):
                 continue
             seq_order = SEQUENCE_ORDER[s["partition"]]
-            rows.append({**key, "query": q.name, "query_order": order, "fact_id": fact.fact_id, "relation": fact.relation,
-                         "partition": s["partition"], "language": s["language"],
-                         "order_vs_query": "none" if seq_order == "none" else ("same" if seq_order == order else "flipped"),
-                         "text": s["text"], "score": float(scores[i, j])})
+            rows.append(
+                {
+                    **key,
+                    "query": q.name,
+                    "query_order": order,
+                    "fact_id": fact.fact_id,
+                    "relation": fact.relation,
+                    "partition": s["partition"],
+                    "language": s["language"],
+                    "order_vs_query": "none" if seq_order == "none" else ("same" if seq_order == order else "flipped"),
+                    "text": s["text"],
+                    "score": float(scores[i, j]),
+                }
+            )
     return rows
 
 
-@register("word_order")
-def run(cfg, world) -> dict[str, pd.DataFrame]:
-    opts = cfg.get("word_order") or {}
+@dataclass
+class Options:
+    queries: list[str] | None = option(
+        None,
+        "null: the queries tagged `word_order` with `heldout: true`; or a list of names (each about a held-out fact)",
+    )
+    irrelevant: int = option(5, "irrelevant sentences (validation-split prose), the same for every query")
+    irrelevant_seed: int = option(0, "which ones: a fixed seed, never tuned")
+
+    def __post_init__(self):
+        if self.irrelevant < 0:
+            raise InfluenceError(f"word_order.irrelevant={self.irrelevant} must be a count of sentences (>= 0)")
+
+
+def run(cfg, world, opts: Options) -> dict[str, pd.DataFrame]:
     prep = prepare_data(cfg)
     if not prep.heldout:
         raise InfluenceError("word_order needs the embedded corpus's held-out facts: use data=embedded (or data=tiny)")
-    selected = word_order_queries(world, opts.get("queries"), prep.heldout)
+    selected = word_order_queries(world, opts.queries, prep.heldout)
     queries = [q for q, _, _ in selected]
     facts = list({f.fact_id: f for _, f, _ in selected}.values())
     avoid = {w for f in prep.heldout for w in (f.subject, f.object)}
-    irrelevant = irrelevant_sentences(prep.corpus_dir, int(opts.get("irrelevant", 5)), int(opts.get("irrelevant_seed", 0)), avoid)
+    irrelevant = irrelevant_sentences(prep.corpus_dir, opts.irrelevant, opts.irrelevant_seed, avoid)
     seqs = synthetic_sequences(facts, irrelevant)
     rows, models, damping, curvature = [], [], [], None
     for point in scale_points(cfg, search=False):  # only the curvature is needed: no scan of the corpus
@@ -153,13 +204,69 @@ def run(cfg, world) -> dict[str, pd.DataFrame]:
     scores = pd.DataFrame(rows)
     ratios = ratio_table(scores)
     no_cross = sorted({f.relation for f in facts} - set(FLIPPED_FACT_TEMPLATES))
-    notes = ("scores are hypothetical additions (the model never trained on these sequences); headline ratios: forward "
-             "queries only; " + (f"no cross-lingual rows for relations {', '.join(no_cross)} (no Turkish/Korean templates)"
-                                 if no_cross else "every fact has cross-lingual rows"))
-    meta = {**curvature.describe(), "damping": " | ".join(damping), "scale_convention": SCALE_CONVENTION, "query_rank": "full",
-            "model": ", ".join(models), "models": ", ".join(models), "queries": ", ".join(q.name for q in queries),
-            "candidates": f"{len(seqs)} synthetic sequences (each query: its own fact's and the {len(irrelevant)} irrelevant ones)",
-            "filter": "none", "layers": ",".join(l.name for l in curvature.layers),
-            "irrelevant_seed": str(int(opts.get("irrelevant_seed", 0))), "seq_len": str(int(cfg.data.seq_len))}
-    return {"word_order_scores": scores, "word_order_partitions": partition_table(scores), "word_order_ratios": ratios,
-            "_summary": pd.DataFrame([word_order_summary(ratios) | {"notes": notes}]), "_metadata": pd.DataFrame([meta])}
+    notes = (
+        "scores are hypothetical additions (the model never trained on these sequences); headline ratios: forward "
+        "queries only; "
+        + (
+            f"no cross-lingual rows for relations {', '.join(no_cross)} (no Turkish/Korean templates)"
+            if no_cross
+            else "every fact has cross-lingual rows"
+        )
+    )
+    meta = {
+        **curvature.describe(),
+        "damping": " | ".join(damping),
+        "scale_convention": SCALE_CONVENTION,
+        "query_rank": "full",
+        "model": ", ".join(models),
+        "models": ", ".join(models),
+        "queries": ", ".join(q.name for q in queries),
+        "candidates": f"{len(seqs)} synthetic sequences (each query: its own fact's and the {len(irrelevant)} irrelevant ones)",
+        "filter": "none",
+        "layers": ",".join(l.name for l in curvature.layers),
+        "irrelevant_seed": str(opts.irrelevant_seed),
+        "seq_len": str(int(cfg.data.seq_len)),
+    }
+    return {
+        "word_order_scores": scores,
+        "word_order_partitions": partition_table(scores),
+        "word_order_ratios": ratios,
+        "_summary": pd.DataFrame([word_order_summary(ratios) | {"notes": notes}]),
+        "_metadata": pd.DataFrame([meta]),
+    }
+
+
+STUDY = Study(
+    name="word_order",
+    title="Sensitivity to word ordering",
+    where="§5.3.4, Figs. 23–27",
+    order=110,
+    sweep=True,
+    run=run,
+    options=Options,
+    figures=(
+        figure("fig23_26_word_order", partition_figures, "word_order_partitions"),
+        figure("fig27_word_order_ratio", ratio_figure, "word_order_ratios"),
+    ),
+    findings=(
+        Finding(
+            "Flipping the order cuts influence to near zero",
+            "≤ 0.1× same-order",
+            "flipped / same-order mean influence ≤ 0.1 (largest size)",
+            key_check("flipped_over_same_order", lambda v: v <= 0.1),
+        ),
+        Finding(
+            "Removing the completion removes the influence",
+            "≈ 0",
+            "completion-removed / same-order ≤ 0.1 (largest size)",
+            key_check("completion_removed_over_same_order", lambda v: v <= 0.1),
+        ),
+        Finding(
+            "Cross-lingual flipped sequences: ≥ 10× drop",
+            "≥ 10× (English → Mandarin)",
+            "flipped / same-order in another language ≤ 0.1 (largest size)",
+            key_check("cross_lingual_flipped_over_same_order", lambda v: v <= 0.1),
+        ),
+    ),
+    long_tables=frozenset({"word_order_scores"}),
+)

@@ -3,6 +3,7 @@
 A method is a class with `fit(...)` and `ihvp(...)`, registered by name, that declares what it needs and
 keeps (`stores_factors`, `uses_labels`, `cacheable`, `memory`): callers branch on these, never on names.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,15 +23,23 @@ class FitConfig:
     """Options every method understands."""
 
     batch_size: int = field(default=16, metadata={"help": "Training sequences per fitting pass."})
-    labels: str = field(default="sampled", metadata={
-        "help": "Targets of the fitted loss: 'sampled' from the model (true Fisher) or 'true' (empirical Fisher)."})
+    labels: str = field(
+        default="sampled",
+        metadata={
+            "help": "Targets of the fitted loss: 'sampled' from the model (true Fisher) or 'true' (empirical Fisher)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Keys the sampled labels and the fitting subset."})
-    max_sequences: int | None = field(default=None, metadata={
-        "help": "Fit on a random subset of this many training sequences (null: all of them)."})
-    damping_factor: float = field(default=0.1, metadata={
-        "help": "λ_ℓ = damping_factor × the mean eigenvalue of G_ℓ, per tracked layer."})
-    damping: float | None = field(default=None, metadata={
-        "help": "An absolute λ for every layer instead of damping_factor (null: use the factor)."})
+    max_sequences: int | None = field(
+        default=None, metadata={"help": "Fit on a random subset of this many training sequences (null: all of them)."}
+    )
+    damping_factor: float = field(
+        default=0.1, metadata={"help": "λ_ℓ = damping_factor × the mean eigenvalue of G_ℓ, per tracked layer."}
+    )
+    damping: float | None = field(
+        default=None,
+        metadata={"help": "An absolute λ for every layer instead of damping_factor (null: use the factor)."},
+    )
 
     def __post_init__(self):
         if self.labels not in ("sampled", "true"):

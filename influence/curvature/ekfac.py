@@ -1,4 +1,5 @@
 """EK-FAC (George et al. 2018; paper §2.2.3): Kronecker eigenbasis, eigenvalues re-fitted per sequence."""
+
 from __future__ import annotations
 
 from ..precision import with_precision
@@ -16,8 +17,9 @@ class EKFAC(KroneckerCurvature):
 
     @classmethod
     def fit(cls, model, task, data, layers, config, device=None):
-        basis, lam, stats = fit_kronecker(model, with_precision(task, config.precision), data, layers, config, device,
-                                          eigenvalue_correction=True)
+        basis, lam, stats = fit_kronecker(
+            model, with_precision(task, config.precision), data, layers, config, device, eigenvalue_correction=True
+        )
         curv = cls(layers, config)
         curv._set_eigenvalues(basis, lam)
         curv.info = {k: str(v) for k, v in stats.items()}

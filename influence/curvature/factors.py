@@ -11,6 +11,7 @@ Under torch.distributed each rank runs both passes over its shard of the sequenc
 keyed by sequence index, so the split does not change them); the sums are all-reduced, each
 layer is eigendecomposed by one rank and broadcast, so every rank ends with the same factors.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,14 +36,25 @@ FACTOR_BYTES = 8  # float64 accumulators, eigendecompositions and Λ
 class KroneckerConfig(FitConfig):
     """Options of the Kronecker methods (EK-FAC, K-FAC)."""
 
-    num_blocks: int = field(default=1, metadata={
-        "help": "Keep A and S block-diagonal with this many diagonal blocks each (paper App. A); 1: dense."})
-    gradient_cache_mb: float = field(default=4096.0, metadata={
-        "help": "EK-FAC keeps each sequence's captures (or gradient) between its two passes up to this many MiB "
-                "in all; beyond it the eigenvalue correction runs a second pass over the data."})
-    precision: str = field(default="float32", metadata={
-        "help": "Forward/backward under autocast: float32 (none), bf16 or fp16; factors accumulate in float32 "
-                "or better either way."})
+    num_blocks: int = field(
+        default=1,
+        metadata={"help": "Keep A and S block-diagonal with this many diagonal blocks each (paper App. A); 1: dense."},
+    )
+    gradient_cache_mb: float = field(
+        default=4096.0,
+        metadata={
+            "keyed_when_changed": True,
+            "help": "EK-FAC keeps each sequence's captures (or gradient) between its two passes up to this many MiB "
+            "in all; beyond it the eigenvalue correction runs a second pass over the data.",
+        },
+    )
+    precision: str = field(
+        default="float32",
+        metadata={
+            "help": "Forward/backward under autocast: float32 (none), bf16 or fp16; factors accumulate in float32 "
+            "or better either way."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -71,7 +83,9 @@ def stable_eigh(mat: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tenso
         except RuntimeError:
             pass
         m = m + (scale * 10.0 ** (-10 + 3 * attempt)) * torch.eye(m.shape[0], dtype=m.dtype, device=m.device)
-    raise InfluenceError(f"eigendecomposition of {what} failed even with jitter: the factor is degenerate; fit on more data")
+    raise InfluenceError(
+        f"eigendecomposition of {what} failed even with jitter: the factor is degenerate; fit on more data"
+    )
 
 
 @dataclass
@@ -120,7 +134,12 @@ def _eigenbasis(accs: dict[str, _Accumulator], layers, n_tokens: int, dev) -> Ei
             va, qa, vs, qs = accs[l.name].eigen(n_tokens, l.name)
         else:
             f64 = dict(dtype=torch.float64, device=dev)
-            va, qa, vs, qs = torch.empty(m, **f64), torch.empty(m, m, **f64), torch.empty(p, **f64), torch.empty(p, p, **f64)
+            va, qa, vs, qs = (
+                torch.empty(m, **f64),
+                torch.empty(m, m, **f64),
+                torch.empty(p, **f64),
+                torch.empty(p, p, **f64),
+            )
         for t in (va, qa, vs, qs):
             broadcast(t, src=i % world_size())
         basis.lam_a[l.name], basis.q_a[l.name], basis.lam_s[l.name], basis.q_s[l.name] = va, qa, vs, qs
@@ -163,8 +182,11 @@ def _cache_fits(model, data, idx: torch.Tensor, layers, config) -> bool:
         first = next(iter(data.values()))
         lengths = torch.full((len(idx),), first.shape[1] if first.dim() > 2 else 1)
     # the largest shard's cache decides for every rank, so all ranks make the same choice
-    need = max(sum(_cached_floats(l, lengths[r::world_size()]) for l in layers) for r in range(world_size())) \
-        * torch.finfo(next(model.parameters()).dtype).bits // 8
+    need = (
+        max(sum(_cached_floats(l, lengths[r :: world_size()]) for l in layers) for r in range(world_size()))
+        * torch.finfo(next(model.parameters()).dtype).bits
+        // 8
+    )
     return need <= config.gradient_cache_mb * 2**20
 
 
@@ -173,16 +195,23 @@ def _accumulate_factors(model, task, data, layers, config, rows, dev, cache: lis
     accs = {l.name: _Accumulator(l, config.num_blocks, dev) for l in layers}
     n_tokens = 0
     desc = "fit: A, S" + (" + Λ" if cache is not None else "")
-    for _, batch, a, ds in capture_batches(model, task, layers, data, config.batch_size, rows, dev, config.labels,
-                                           config.seed, desc=desc):
+    for _, batch, a, ds in capture_batches(
+        model, task, layers, data, config.batch_size, rows, dev, config.labels, config.seed, desc=desc
+    ):
         mask = task.loss_mask(batch)
         n_tokens += int(mask.sum())
         for l in layers:
             check_finite(ds[l.name], f"the output gradients of layer {l.name}")
             accs[l.name].add(a[l.name][mask], ds[l.name][mask])
         if cache is not None:
-            cache.append({l.name: (a[l.name], ds[l.name]) if _cached_form(l, a[l.name].shape[1]) == "tokens"
-                          else sequence_gradients(a[l.name], ds[l.name]) for l in layers})
+            cache.append(
+                {
+                    l.name: (a[l.name], ds[l.name])
+                    if _cached_form(l, a[l.name].shape[1]) == "tokens"
+                    else sequence_gradients(a[l.name], ds[l.name])
+                    for l in layers
+                }
+            )
     if is_distributed():
         for acc in accs.values():
             acc.all_reduce()
@@ -192,8 +221,9 @@ def _accumulate_factors(model, task, data, layers, config, rows, dev, cache: lis
     return accs, n_tokens
 
 
-def _corrected_eigenvalues(model, task, data, layers, config, rows, dev, basis: Eigenbasis, cache: list | None,
-                           n_sequences: int) -> dict[str, torch.Tensor]:
+def _corrected_eigenvalues(
+    model, task, data, layers, config, rows, dev, basis: Eigenbasis, cache: list | None, n_sequences: int
+) -> dict[str, torch.Tensor]:
     """Λ = E_seq[(Q_Sᵀ DW Q_A)²] per layer, from the first pass's `cache` or else from a second pass."""
     dtype = next(model.parameters()).dtype
     lam = {l.name: torch.zeros(l.shape, dtype=torch.float64, device=dev) for l in layers}
@@ -209,8 +239,9 @@ def _corrected_eigenvalues(model, task, data, layers, config, rows, dev, basis: 
                     lam[l.name] += (w * w).sum(0).double()
         cache.clear()
     else:
-        for _, _, a, ds in capture_batches(model, task, layers, data, config.batch_size, rows, dev, config.labels,
-                                           config.seed, desc="fit: Λ"):
+        for _, _, a, ds in capture_batches(
+            model, task, layers, data, config.batch_size, rows, dev, config.labels, config.seed, desc="fit: Λ"
+        ):
             for l in layers:
                 lam[l.name] += _correction_from_tokens(a[l.name], ds[l.name], qa[l.name], qs[l.name])
     all_reduce_sum(lam)
@@ -229,10 +260,15 @@ def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_cor
     cache = [] if eigenvalue_correction and _cache_fits(model, data, idx, layers, config) else None
     accs, n_tokens = _accumulate_factors(model, task, data, layers, config, mine, dev, cache)
     basis = _eigenbasis(accs, layers, n_tokens, dev)
-    stats = {"n_sequences": len(idx), "n_tokens": n_tokens, "mean_tokens_per_sequence": n_tokens / len(idx),
-             "token_positions": "loss-bearing positions only (padding and each sequence's last position excluded)",
-             "correction_passes": "0" if not eigenvalue_correction
-             else ("1 (captures kept in memory)" if cache is not None else "2")}
+    stats = {
+        "n_sequences": len(idx),
+        "n_tokens": n_tokens,
+        "mean_tokens_per_sequence": n_tokens / len(idx),
+        "token_positions": "loss-bearing positions only (padding and each sequence's last position excluded)",
+        "correction_passes": "0"
+        if not eigenvalue_correction
+        else ("1 (captures kept in memory)" if cache is not None else "2"),
+    }
     if not eigenvalue_correction:
         return basis, None, stats
     return basis, _corrected_eigenvalues(model, task, data, layers, config, mine, dev, basis, cache, len(idx)), stats
@@ -260,10 +296,14 @@ def basis_from_state(tensors: dict[str, torch.Tensor], layers: list[TrackedLayer
             basis.q_a[l.name], basis.q_s[l.name] = tensors[f"{l.name}/q_a"], tensors[f"{l.name}/q_s"]
             basis.lam_a[l.name], basis.lam_s[l.name] = tensors[f"{l.name}/lam_a"], tensors[f"{l.name}/lam_s"]
         except KeyError:
-            raise InfluenceError(f"factor file has no factors for layer {l.name}: it was fitted on other layers; refit") from None
+            raise InfluenceError(
+                f"factor file has no factors for layer {l.name}: it was fitted on other layers; refit"
+            ) from None
         p, m = l.shape
         if basis.q_a[l.name].shape != (m, m) or basis.q_s[l.name].shape != (p, p):
-            raise InfluenceError(f"factor file's shapes for layer {l.name} do not match the model: it belongs to another model; refit")
+            raise InfluenceError(
+                f"factor file's shapes for layer {l.name} do not match the model: it belongs to another model; refit"
+            )
     return basis
 
 
@@ -271,9 +311,12 @@ def kronecker_memory(shape: tuple[int, int], num_blocks: int = 1) -> dict[str, i
     """Bytes a Kronecker method keeps for one layer of shape (P, M+1): A (in×in, block-diagonal with blocks),
     S (out×out), the eigenvector matrices Q_A and Q_S (stored dense) and Λ (out×in), all float64."""
     p, m = shape
-    floats = {"A": sum((e - s) ** 2 for s, e in _blocks(m, num_blocks)),
-              "S": sum((e - s) ** 2 for s, e in _blocks(p, num_blocks)),
-              "eigenvectors": m * m + p * p, "lambda": p * m}
+    floats = {
+        "A": sum((e - s) ** 2 for s, e in _blocks(m, num_blocks)),
+        "S": sum((e - s) ** 2 for s, e in _blocks(p, num_blocks)),
+        "eigenvectors": m * m + p * p,
+        "lambda": p * m,
+    }
     return {k: v * FACTOR_BYTES for k, v in floats.items()}
 
 
@@ -299,6 +342,12 @@ class KroneckerCurvature(Curvature):
     def ihvp(self, grads):
         """Q_S [(Q_Sᵀ V Q_A) ⊘ (Λ + λ)] Q_Aᵀ per layer."""
         b = self.basis
-        return {l.name: eigenbasis_ihvp(grads[l.name], b.q_s[l.name], b.q_a[l.name],
-                                        (self.lam[l.name] + self.damping[l.name]).to(b.q_s[l.name].device))
-                for l in self.layers}
+        return {
+            l.name: eigenbasis_ihvp(
+                grads[l.name],
+                b.q_s[l.name],
+                b.q_a[l.name],
+                (self.lam[l.name] + self.damping[l.name]).to(b.q_s[l.name].device),
+            )
+            for l in self.layers
+        }

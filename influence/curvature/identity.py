@@ -1,4 +1,5 @@
 """G = I without damping: the plain gradient dot product, the baseline every method is compared with."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -6,6 +6,7 @@ rule, λ_ℓ = factor · trace(G_ℓ)/dim_ℓ, with trace(G_ℓ) = E_seq‖∇_�
 so both target the same damped G. The step α defaults to 0.5/(λ_max(G) + max_ℓ λ_ℓ), λ_max(G) estimated by
 power iteration on minibatch products.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -25,18 +26,43 @@ from .base import Curvature, FitConfig, layer_damping, register
 class LissaConfig(FitConfig):
     """Options of the LiSSA recursion r_j = v + (I − α(G̃ + λI)) r_{j−1}."""
 
-    batch_size: int = field(default=8, metadata={
-        "help": "Sequences per minibatch: each Gauss–Newton product G̃ takes one, cycling over the fitting set "
-                "(the damping's trace pass uses the same batches)."})
+    batch_size: int = field(
+        default=8,
+        metadata={
+            "help": "Sequences per minibatch: each Gauss–Newton product G̃ takes one, cycling over the fitting set "
+            "(the damping's trace pass uses the same batches)."
+        },
+    )
     depth: int = field(default=200, metadata={"help": "Recursion steps J per solve: (G + λI)⁻¹v ≈ α r_J."})
-    scale: float | None = field(default=None, metadata={
-        "help": "The step α; null: α = 0.5/(λ_max + max_ℓ λ_ℓ), with λ_max the largest Rayleigh quotient of "
-                "`power_iterations` power-iteration steps on minibatch Gauss–Newton products and λ_ℓ the fitted "
-                "per-layer damping."})
-    power_iterations: int = field(default=20, metadata={
-        "help": "Power-iteration steps that estimate λ_max for the default scale (unused when scale is set)."})
-    divergence_factor: float = field(default=10.0, metadata={
-        "help": "A solve stops as diverged once ‖r‖ exceeds this × ‖v‖/(α·min_ℓ λ_ℓ)."})
+    scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "The step α; null: α = 0.5/(λ_max + max_ℓ λ_ℓ), with λ_max the largest Rayleigh quotient of "
+            "`power_iterations` power-iteration steps on minibatch Gauss–Newton products and λ_ℓ the fitted "
+            "per-layer damping."
+        },
+    )
+    labels: str = field(
+        default="sampled",
+        metadata={
+            "keyed_when_changed": True,
+            "help": "Targets of the damping's trace pass: 'sampled' from the model or 'true'.",
+        },
+    )
+    power_iterations: int = field(
+        default=20,
+        metadata={
+            "keyed_when_changed": True,
+            "help": "Power-iteration steps that estimate λ_max for the default scale (unused when scale is set).",
+        },
+    )
+    divergence_factor: float = field(
+        default=10.0,
+        metadata={
+            "keyed_when_changed": True,
+            "help": "A solve stops as diverged once ‖r‖ exceeds this × ‖v‖/(α·min_ℓ λ_ℓ).",
+        },
+    )
 
 
 def gauss_newton_product(model, task, layers, batch, vec: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -84,8 +110,11 @@ class LiSSA(Curvature):
         curv._fit_damping()
         curv.scale = config.scale if config.scale is not None else curv._auto_scale()
         curv._diagnostics = {}  # per-solve convergence, kept out of `info` (which keys cached results)
-        curv.info = {"scale": f"{curv.scale:.6g}", "n_sequences": str(len(curv.indices)),
-                     "gauss_newton": "exact output Hessian, minibatches cycled over the fitting set"}
+        curv.info = {
+            "scale": f"{curv.scale:.6g}",
+            "n_sequences": str(len(curv.indices)),
+            "gauss_newton": "exact output Hessian, minibatches cycled over the fitting set",
+        }
         return curv
 
     @property
@@ -99,17 +128,29 @@ class LiSSA(Curvature):
         return new
 
     def _batches(self):
-        return itertools.cycle([b for _, b in iter_batches(self.data, self.config.batch_size, self.indices, self.device)])
+        return itertools.cycle(
+            [b for _, b in iter_batches(self.data, self.config.batch_size, self.indices, self.device)]
+        )
 
     def _fit_damping(self):
         trace = {l.name: 0.0 for l in self.layers}
-        for _, _, a, ds in capture_batches(self.model, self.task, self.layers, self.data, self.config.batch_size,
-                                           self.indices, self.device, self.config.labels, self.config.seed):
+        for _, _, a, ds in capture_batches(
+            self.model,
+            self.task,
+            self.layers,
+            self.data,
+            self.config.batch_size,
+            self.indices,
+            self.device,
+            self.config.labels,
+            self.config.seed,
+        ):
             for l in self.layers:
                 trace[l.name] += float((sequence_gradients(a[l.name], ds[l.name]).double() ** 2).sum())
         n = len(self.indices)
-        self.damping = {l.name: layer_damping(trace[l.name] / n / (l.shape[0] * l.shape[1]), self.config)
-                        for l in self.layers}
+        self.damping = {
+            l.name: layer_damping(trace[l.name] / n / (l.shape[0] * l.shape[1]), self.config) for l in self.layers
+        }
 
     def _auto_scale(self) -> float:
         g = torch.Generator().manual_seed(self.config.seed)
@@ -152,7 +193,8 @@ class LiSSA(Curvature):
                 if not math.isfinite(norm) or norm > limit:
                     raise InfluenceError(
                         f"LiSSA diverged at step {j + 1} (‖r‖={norm:.3g} > {limit:.3g}): lower curvature.scale "
-                        f"(now {alpha:.3g}) or raise the damping")
+                        f"(now {alpha:.3g}) or raise the damping"
+                    )
         # how far from converged the recursion stopped: ‖r_J − r_{J−1}‖/‖r_J‖ (it shrinks like (1 − αλ)^J)
         step /= max(norm, 1e-300)
         self._diagnostics["final_relative_step"] = max(self._diagnostics.get("final_relative_step", 0.0), step)

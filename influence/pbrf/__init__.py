@@ -35,6 +35,7 @@ softmax KL's value and gradient come from one fused pass with the original model
 small LM (vocabulary-wide tensors dominate) is ~3.3x cheaper in float64 than autograd through the padded
 batches (`bench/bench_pbrf.py`).
 """
+
 from __future__ import annotations
 
 from ..arguments import OPTIMIZERS, PBRFArguments
@@ -42,5 +43,12 @@ from .divergence import bregman_divergence
 from .objective import per_row_measurement, working_copy
 from .scores import PBRFResult, pbrf_scores
 
-__all__ = ["OPTIMIZERS", "PBRFArguments", "PBRFResult", "bregman_divergence", "pbrf_scores", "per_row_measurement",
-           "working_copy"]
+__all__ = [
+    "OPTIMIZERS",
+    "PBRFArguments",
+    "PBRFResult",
+    "bregman_divergence",
+    "pbrf_scores",
+    "per_row_measurement",
+    "working_copy",
+]

@@ -4,6 +4,7 @@ The plain divergences live on the tasks (`influence.tasks`: ½‖h − h_s‖² 
 `softmax_kl` for softmax cross-entropy). `SoftmaxKL` is the same KL with its gradient formed in the forward
 pass, for the Bregman rows that every evaluation of the objective revisits.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ J(u) = [B(θ)/n + s·ε·(L(z_m, θ) − L(z_m, θs))]/ε² + Σ λ/2 ‖u‖²,
 rows. The rows are batched by length and trimmed by the task (`Task.trim`), and the original model's outputs at
 their loss-bearing positions (`Task.bregman_positions`) are computed once: every evaluation reuses them.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,16 +27,18 @@ class BregmanChunk:
 
     batch: dict
     select: torch.Tensor | None  # (B, T) bool loss positions of an LM batch; None: every row
-    reference: torch.Tensor      # h_s at the selected positions (logits; predictions for regression)
-    p_s: torch.Tensor | None     # softmax(reference) for softmax tasks
+    reference: torch.Tensor  # h_s at the selected positions (logits; predictions for regression)
+    p_s: torch.Tensor | None  # softmax(reference) for softmax tasks
 
 
 def bregman_chunks(task: Task, model, data: dict, batch_size: int, cast) -> list[BregmanChunk]:
     """The Bregman rows in batches, sequences sorted by length so that trimming removes most padding."""
     if task.divergence not in DIVERGENCES:
-        raise InfluenceError(f"no Bregman divergence for {type(task).__name__}: the PBRF needs a task whose "
-                             f"`divergence` is one of {list(DIVERGENCES)} (RegressionTask, ClassificationTask, "
-                             "LanguageModelTask)")
+        raise InfluenceError(
+            f"no Bregman divergence for {type(task).__name__}: the PBRF needs a task whose "
+            f"`divergence` is one of {list(DIVERGENCES)} (RegressionTask, ClassificationTask, "
+            "LanguageModelTask)"
+        )
     order = by_length(data, torch.arange(num_rows(data)))
     chunks = []
     with torch.no_grad():
@@ -66,8 +69,9 @@ def per_row_measurement(model, task: Task, queries: dict) -> torch.Tensor:
     with torch.no_grad():
         out = task.forward(model, queries)
         n = out.shape[0]
-        return torch.stack([task.measurement(out[i : i + 1], {k: v[i : i + 1] for k, v in queries.items()})
-                            for i in range(n)])
+        return torch.stack(
+            [task.measurement(out[i : i + 1], {k: v[i : i + 1] for k, v in queries.items()}) for i in range(n)]
+        )
 
 
 def norm(ts: list[torch.Tensor]) -> float:
@@ -113,23 +117,23 @@ class Problem:
         with torch.enable_grad():
             for chunk in self.chunks:
                 d = chunk_divergence(self.task, self.model, chunk) / self.n
-                value += float(d.detach()) / eps ** 2
+                value += float(d.detach()) / eps**2
                 for g, gi in zip(grads, torch.autograd.grad(d, self.params)):
                     g.add_(gi)
             out = self.task.forward(self.model, self.row)
-            loss = (self.task.bregman(out, self.row_ref, self.row)
-                    + (self.row_grad * (out - self.row_ref)).sum())
+            loss = self.task.bregman(out, self.row_ref, self.row) + (self.row_grad * (out - self.row_ref)).sum()
             value += sign * float(loss.detach()) / eps
             for g, gi in zip(grads, torch.autograd.grad(loss, self.params)):
                 g.add_(gi, alpha=sign * eps)
         value += sum(0.5 * lam * float((du.double() ** 2).sum()) for lam, du in zip(self.lam, u))
         g_u = [(g / eps + lam * du) / c for g, lam, du in zip(grads, self.lam, u)]
         self.true_norm = norm(g_u)
-        return value / c ** 2, m(g_u)
+        return value / c**2, m(g_u)
 
 
-def working_copy(model, layers: list[TrackedLayer], dtype: torch.dtype | None,
-                 always: bool = False) -> tuple[object, list[TrackedLayer]]:
+def working_copy(
+    model, layers: list[TrackedLayer], dtype: torch.dtype | None, always: bool = False
+) -> tuple[object, list[TrackedLayer]]:
     """(model, layers) itself, or (with `always`, or another `dtype`) a copy in `dtype` with its tracked layers
     mapped onto the copy."""
     if not always and (dtype is None or dtype == next(model.parameters()).dtype):

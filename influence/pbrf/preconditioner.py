@@ -3,6 +3,7 @@
 It changes only the optimizer's variables (u = M w), which makes an ill-conditioned objective near-spherical:
 the objective, its minimizer and the convergence test on the unpreconditioned gradient are unchanged.
 """
+
 from __future__ import annotations
 
 from ..curvature import Curvature
@@ -21,8 +22,10 @@ def eigenbasis_preconditioner(curvature: Curvature, layers: list[TrackedLayer], 
     for l in layers:
         q_s, q_a, lam = eig[l.name]
         if lam.shape != l.shape:
-            raise InfluenceError(f"the PBRF preconditioner's eigenvalues for {l.name} have shape "
-                                 f"{tuple(lam.shape)}, not the layer's {l.shape}: use a fitted EK-FAC")
+            raise InfluenceError(
+                f"the PBRF preconditioner's eigenvalues for {l.name} have shape "
+                f"{tuple(lam.shape)}, not the layer's {l.shape}: use a fitted EK-FAC"
+            )
         blocks.append((l, len(l.parameters()), q_s, q_a, (lam.double() + float(damping[l.name])).sqrt()))
 
     def apply(ts, power: float = 1.0):

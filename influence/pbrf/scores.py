@@ -1,7 +1,9 @@
 """The PBRF driver: for each training row, solve the objective at +ε and −ε and take the central difference."""
+
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -22,10 +24,10 @@ from .solvers import minimize
 class PBRFResult:
     """PBRF scores of Q query rows on N training rows, with the optimizer's diagnostics per (row, ±ε)."""
 
-    scores: torch.Tensor      # (Q, N) central differences, same convention as InfluenceScores.scores
-    indices: torch.Tensor     # (N,) training-set rows
-    steps: torch.Tensor       # (N, 2) objective/gradient evaluations at +ε and −ε
-    grad_norm: torch.Tensor   # (N, 2) final gradient norm relative to its value at θs
+    scores: torch.Tensor  # (Q, N) central differences, same convention as InfluenceScores.scores
+    indices: torch.Tensor  # (N,) training-set rows
+    steps: torch.Tensor  # (N, 2) objective/gradient evaluations at +ε and −ε
+    grad_norm: torch.Tensor  # (N, 2) final gradient norm relative to its value at θs
     epsilon: float
     seconds: float
     metadata: dict = field(default_factory=dict)
@@ -52,8 +54,16 @@ def _checked_inputs(model, task: Task, train_data, bregman_data, damping, layers
     return bregman_data, layers, indices
 
 
-def _solve_row(problem: Problem, work, task: Task, queries: dict, row: int, args: PBRFArguments,
-               steps: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+def _solve_row(
+    problem: Problem,
+    work,
+    task: Task,
+    queries: dict,
+    row: int,
+    args: PBRFArguments,
+    steps: torch.Tensor,
+    rel: torch.Tensor,
+) -> torch.Tensor:
     """(f(θ(+ε)) − f(θ(−ε)))/(2ε) for every query, filling this row's `steps` and `rel` (each of shape (2,))."""
     f, u = [], None
     for k, sign in enumerate((1.0, -1.0)):
@@ -63,20 +73,43 @@ def _solve_row(problem: Problem, work, task: Task, queries: dict, row: int, args
             raise InfluenceError(
                 f"PBRF did not converge for training row {row} at {'+' if sign > 0 else '-'}ε: gradient norm "
                 f"{float(rel[k]):.3g} × its start after {int(steps[k])} {args.optimizer} evaluations "
-                f"(tol {args.tol:g}): raise max_steps, change lr or the optimizer, or lower epsilon")
+                f"(tol {args.tol:g}): raise max_steps, change lr or the optimizer, or lower epsilon"
+            )
         problem.set_params(u)
         f.append(per_row_measurement(work, task, queries).double())
     return (f[0] - f[1]) / (2 * args.epsilon)
 
 
 def _metadata(args: PBRFArguments, preconditioner, n_bregman: int, dtype, layers, damping) -> dict:
-    return {"epsilon": args.epsilon, "optimizer": args.optimizer, "tol": args.tol, "lr": args.lr,
-            "max_steps": args.max_steps, "patience": args.patience, "history": args.history,
-            "on_failure": args.on_failure, "warm_start": args.warm_start,
-            "preconditioner": preconditioner.name if preconditioner is not None else "none",
-            "n_bregman": n_bregman, "dtype": str(dtype), "layers": ",".join(l.name for l in layers),
-            "damping": ";".join(f"{l.name}={damping[l.name]:.6g}" for l in layers),
-            "scale_convention": "PBRF central difference (f(θ(+ε)) − f(θ(−ε)))/(2ε); " + SCALE_CONVENTION}
+    return {
+        "epsilon": args.epsilon,
+        "optimizer": args.optimizer,
+        "tol": args.tol,
+        "lr": args.lr,
+        "max_steps": args.max_steps,
+        "patience": args.patience,
+        "history": args.history,
+        "on_failure": args.on_failure,
+        "warm_start": args.warm_start,
+        "preconditioner": preconditioner.name if preconditioner is not None else "none",
+        "n_bregman": n_bregman,
+        "dtype": str(dtype),
+        "layers": ",".join(l.name for l in layers),
+        "damping": ";".join(f"{l.name}={damping[l.name]:.6g}" for l in layers),
+        "scale_convention": "PBRF central difference (f(θ(+ε)) − f(θ(−ε)))/(2ε); " + SCALE_CONVENTION,
+    }
+
+
+@contextmanager
+def restored(params: list[torch.Tensor]):
+    """Yield a copy of `params` (θs); put it back into them afterwards, however the block ends."""
+    theta_s = [p.detach().clone() for p in params]
+    try:
+        yield theta_s
+    finally:
+        with torch.no_grad():
+            for p, t in zip(params, theta_s):
+                p.copy_(t)
 
 
 def pbrf_scores(
@@ -112,29 +145,22 @@ def pbrf_scores(
     precondition = eigenbasis_preconditioner(preconditioner, layers, damping) if preconditioner is not None else None
     params = [p for l in layers for p in l.parameters()]
     lam = [float(damping[l.name]) for l in layers for _ in l.parameters()]
-    theta_s = [p.detach().clone() for p in params]
     queries = cast(queries)
     t0 = time.perf_counter()
     scores = torch.zeros(num_rows(queries), len(indices), dtype=torch.float64)
     steps = torch.zeros(len(indices), 2, dtype=torch.long)
     rel = torch.zeros(len(indices), 2, dtype=torch.float64)
-    try:
-        with eval_mode(work), frozen_parameters(work):
-            for p in params:
-                p.requires_grad_(True)
-            chunks = bregman_chunks(task, work, bregman_data, args.batch_size, cast)
-            for j, m in enumerate(indices.tolist()):
-                row = task.trim(cast({k: v[m : m + 1] for k, v in train_data.items()}))
-                problem = Problem(work, task, params, theta_s, lam, chunks, n_bregman, row, args.epsilon)
-                problem.precondition = precondition
-                scores[:, j] = _solve_row(problem, work, task, queries, m, args, steps[j], rel[j])
-                problem.set_params([torch.zeros_like(t) for t in theta_s])  # θs again for the next row's reference
-                if progress is not None:
-                    progress(1)
-    finally:
-        with torch.no_grad():
-            for p, t in zip(params, theta_s):
-                p.copy_(t)
-    return PBRFResult(scores=scores, indices=indices, steps=steps, grad_norm=rel, epsilon=args.epsilon,
-                      seconds=time.perf_counter() - t0,
-                      metadata=_metadata(args, preconditioner, n_bregman, wdt, layers, damping))
+    with restored(params) as theta_s, eval_mode(work), frozen_parameters(work):
+        for p in params:
+            p.requires_grad_(True)
+        chunks = bregman_chunks(task, work, bregman_data, args.batch_size, cast)
+        for j, m in enumerate(indices.tolist()):
+            row = task.trim(cast({k: v[m : m + 1] for k, v in train_data.items()}))
+            problem = Problem(work, task, params, theta_s, lam, chunks, n_bregman, row, args.epsilon)
+            problem.precondition = precondition
+            scores[:, j] = _solve_row(problem, work, task, queries, m, args, steps[j], rel[j])
+            problem.set_params([torch.zeros_like(t) for t in theta_s])  # θs again for the next row's reference
+            if progress is not None:
+                progress(1)
+    meta = _metadata(args, preconditioner, n_bregman, wdt, layers, damping)
+    return PBRFResult(scores, indices, steps, rel, args.epsilon, time.perf_counter() - t0, meta)

@@ -3,6 +3,7 @@
 Both work on w = u/‖∇L(z_m)‖ (`Problem.scale`), optionally through a preconditioner M (u = c·M(w)); the
 criterion is always the unpreconditioned gradient norm relative to its value at θs.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,17 @@ from ..arguments import PBRFArguments
 from .objective import Problem, norm
 
 
-def adam(problem: Problem, sign: float, u, g0: float, lr: float, max_steps: int, tol: float, patience: int,
-         min_lr_ratio: float) -> float:
+def adam(
+    problem: Problem,
+    sign: float,
+    u,
+    g0: float,
+    lr: float,
+    max_steps: int,
+    tol: float,
+    patience: int,
+    min_lr_ratio: float,
+) -> float:
     """Adam (the paper's optimizer); its step size halves after `patience` steps without 10% progress."""
     opt = torch.optim.Adam(u, lr=lr)
     _, g = problem.evaluate([t.detach() for t in u], sign)
@@ -38,12 +48,20 @@ def adam(problem: Problem, sign: float, u, g0: float, lr: float, max_steps: int,
     return rel
 
 
-def lbfgs(problem: Problem, sign: float, u, g0: float, max_steps: int, tol: float, history: int = 100,
-          inner: int = 10) -> float:
+def lbfgs(
+    problem: Problem, sign: float, u, g0: float, max_steps: int, tol: float, history: int = 100, inner: int = 10
+) -> float:
     """L-BFGS with a strong-Wolfe line search on the same objective; the criterion is checked every `inner`
     iterations."""
-    opt = torch.optim.LBFGS(u, lr=1.0, max_iter=inner, history_size=history, tolerance_grad=0.0,
-                            tolerance_change=0.0, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        u,
+        lr=1.0,
+        max_iter=inner,
+        history_size=history,
+        tolerance_grad=0.0,
+        tolerance_change=0.0,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         value, g = problem.evaluate([t.detach() for t in u], sign)
@@ -61,8 +79,9 @@ def lbfgs(problem: Problem, sign: float, u, g0: float, max_steps: int, tol: floa
     return rel
 
 
-def minimize(problem: Problem, sign: float, args: PBRFArguments,
-             start: list[torch.Tensor] | None = None) -> tuple[list[torch.Tensor], int, float]:
+def minimize(
+    problem: Problem, sign: float, args: PBRFArguments, start: list[torch.Tensor] | None = None
+) -> tuple[list[torch.Tensor], int, float]:
     """Minimize J until ‖∇J‖ ≤ tol·‖∇J(0)‖ (= tol·‖∇L(z_m)‖), from u = 0 (θs) or from `start`; returns
     (u, evaluations, final ratio). The criterion is relative to the gradient at θs whatever the start."""
     u = [torch.zeros_like(p, requires_grad=True) for p in problem.params]

@@ -1,4 +1,5 @@
 """Tail fits, concentration, layer blocks and passage search on data whose answer is known."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -49,8 +50,9 @@ def test_layer_blocks_cover_every_layer_once_bottom_to_top():
     assert layer_blocks(4) == [[0], [1], [2], [3]]
     blocks = layer_blocks(24)
     assert len(blocks) == 9 and sum(blocks, []) == list(range(24))
-    t = pd.DataFrame({"query": "q", "type": "fact", "rank": [1, 1, 2, 2], "block": [0, 1, 0, 1],
-                      "influence": [3.0, 1.0, 1.0, -1.0]})
+    t = pd.DataFrame(
+        {"query": "q", "type": "fact", "rank": [1, 1, 2, 2], "block": [0, 1, 0, 1], "influence": [3.0, 1.0, 1.0, -1.0]}
+    )
     s = block_shares(t).set_index("block")["share"]
     assert s[0] == pytest.approx(4 / 4) and s[1] == pytest.approx(0.0)
 
@@ -58,8 +60,16 @@ def test_layer_blocks_cover_every_layer_once_bottom_to_top():
 def test_passage_search_ignores_whitespace_and_reports_the_offset():
     assert find_passage("To be,\n or not", "He said: To be, or   not to be") == 9
     assert find_passage("To be or not", "To be, or not") == -1
-    top = pd.DataFrame({"query": "quote", "rank": [1, 2], "sequence_id": [7, 8], "score": [2.0, 1.0],
-                        "category": "quotes", "text": ["x To be, or not to be y", "unrelated"]})
+    top = pd.DataFrame(
+        {
+            "query": "quote",
+            "rank": [1, 2],
+            "sequence_id": [7, 8],
+            "score": [2.0, 1.0],
+            "category": "quotes",
+            "text": ["x To be, or not to be y", "unrelated"],
+        }
+    )
     m = memorization_table(top, {"quote": "To be, or not to be"})
     assert m["contains_passage"].tolist() == [True, False] and m["char_offset"].tolist() == [2, -1]
     s = memorization_summary(m, {"quote": 3}).iloc[0]

@@ -1,4 +1,5 @@
 """The generated corpus holds what the studies need, deterministically, and the queries match it."""
+
 import re
 
 import pytest
@@ -9,7 +10,7 @@ from embedded.prepare import generate_corpus
 from embedded.sequences import chunk_stream, pack
 from influence.errors import InfluenceError
 
-MIX = dict(prose=.28, facts=.16, math=.12, code=.12, multilingual=.12, ai=.14, distractors=.06)
+MIX = dict(prose=0.28, facts=0.16, math=0.12, code=0.12, multilingual=0.12, ai=0.14, distractors=0.06)
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +86,24 @@ def test_code_math_ai_distractors(corpus):
     obf = next(d for d in code if d["obfuscated"] and d["algorithm"] == "binary_search")
     assert "binary_search" not in obf["text"] and "target" not in obf["text"]
     kinds = {d["kind"] for d in corpus.train}
-    assert {"word_problem", "equations", "scifi_shutdown", "ai_risk_essay", "assistant_dialogue", "technical", "token_overlap"} <= kinds
+    assert {
+        "word_problem",
+        "equations",
+        "scifi_shutdown",
+        "ai_risk_essay",
+        "assistant_dialogue",
+        "technical",
+        "token_overlap",
+    } <= kinds
     wp = next(d for d in corpus.train if d["kind"] == "word_problem")
     assert "#### " in wp["text"]
 
 
 def test_python_programs_run():
     import random
+
     from embedded.corpus import code
+
     for obf in (False, True):
         src = code.render("binary_search", "python", random.Random(1), obf)
         ns = {}
@@ -109,7 +120,14 @@ def test_python_programs_run():
 def test_word_order_partitions():
     f = facts.HELDOUT_CORE[0]
     parts = facts.word_order_partitions(f, ["Some unrelated text."])
-    assert set(parts) == {"rewording", "completion_removed", "semantic_change", "irrelevant", "flipped", "flipped_relation_removed"}
+    assert set(parts) == {
+        "rewording",
+        "completion_removed",
+        "semantic_change",
+        "irrelevant",
+        "flipped",
+        "flipped_relation_removed",
+    }
     assert all(f.object in s for s in parts["rewording"]) and all(s.startswith(f.object) for s in parts["flipped"])
     assert not any(f.object in s for s in parts["completion_removed"])
     assert "President" not in parts["flipped_relation_removed"][0]
@@ -139,6 +157,7 @@ def test_queries_match_the_corpus(corpus, queries):
 
 def test_packing_keeps_every_document_whole():
     import random
+
     rows = [[i] * n for i, n in enumerate([5, 60, 64, 3, 17, 100, 28, 1])]
     bins = pack(rows, 64 + 36, random.Random(0))
     flat = sorted((r[0], len(r)) for b in bins for r in b)

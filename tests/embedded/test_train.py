@@ -1,12 +1,13 @@
 """Training: sizes, schedule, the recall checks, and memorization of a repeated quote."""
+
 import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
 from embedded import recall
 from embedded.corpus.quotes import QUOTES
-from embedded.prepare import prepare_data
 from embedded.models import build_model, non_embedding_params
+from embedded.prepare import prepare_data
 from embedded.train import lr_at, train
 
 from ..conftest import compose_cfg
@@ -23,9 +24,22 @@ def test_default_sizes_are_roughly_geometric_from_01M_to_5M():
 
 
 def test_gpt_neox_architecture_builds():
-    cfg = OmegaConf.create({"arch": "gpt_neox", "n_layer": 2, "n_embd": 32, "n_head": 2, "max_length": 64})
+    cfg = OmegaConf.create(
+        {
+            "_target_": "embedded.models.build_gpt_neox",
+            "arch": "gpt_neox",
+            "n_layer": 2,
+            "n_embd": 32,
+            "n_head": 2,
+            "max_length": 64,
+        }
+    )
     model = build_model(cfg, 100, 0, 0)
-    assert type(model).__name__ == "GPTNeoXForCausalLM" and model(torch.zeros(1, 5, dtype=torch.long)).logits.shape == (1, 5, 100)
+    assert type(model).__name__ == "GPTNeoXForCausalLM" and model(torch.zeros(1, 5, dtype=torch.long)).logits.shape == (
+        1,
+        5,
+        100,
+    )
 
 
 def test_lr_schedule_warms_up_then_decays_to_floor():
@@ -41,7 +55,9 @@ def test_greedy_check_agrees_with_generate(tiny_world):
     kept, answers = [], []
     for p in prompts:
         ids = tok(p, return_tensors="pt")["input_ids"]
-        new = m.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+        new = m.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)[
+            0, ids.shape[1] :
+        ].tolist()
         text = tok.decode(new)
         if tok(text, add_special_tokens=False)["input_ids"] == new:  # the check scores the answer's own tokenization
             kept.append(p)
@@ -54,8 +70,15 @@ def test_greedy_check_agrees_with_generate(tiny_world):
 
 def test_small_model_memorizes_a_repeated_quote(tmp_path):
     """Train on a tiny corpus in which quotes repeat: the model must then complete one verbatim."""
-    cfg = compose_cfg("model=tiny", "data=tiny", "data.n_docs=20", "data.quote_copies=[8,8]", "model.n_embd=128",
-                      "model.n_head=4", f"paths.output_dir={tmp_path}")
+    cfg = compose_cfg(
+        "model=tiny",
+        "data=tiny",
+        "data.n_docs=20",
+        "data.quote_copies=[8,8]",
+        "model.n_embd=128",
+        "model.n_head=4",
+        f"paths.output_dir={tmp_path}",
+    )
     prep = prepare_data(cfg)
     model = build_model(cfg.model, len(prep.tokenizer), prep.tokenizer.eos_token_id, 0)
     before = recall.quote_check(model.eval(), prep.tokenizer, QUOTES)["memorized"]

@@ -1,4 +1,5 @@
 """build_world: the contract studies rely on, caching, local checkpoints and corpora, and bad input."""
+
 import json
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def test_reused_never_retrained(tiny_cfg, tiny_world, monkeypatch):
 
 def test_fingerprint_separates_seeds_and_sizes(tiny_cfg):
     from embedded.prepare import prepare_data
+
     prep = prepare_data(tiny_cfg)
     base = train_mod.model_dir_for(tiny_cfg, prep)
     other_seed = compose_cfg("model=tiny", "data=tiny", "seed=1", f"paths.output_dir={tiny_cfg.paths.output_dir}")
@@ -69,16 +71,29 @@ def test_fingerprint_separates_seeds_and_sizes(tiny_cfg):
 def neox_checkpoint(tmp_path_factory, tiny_world):
     """A tiny GPT-NeoX checkpoint (random weights) saved with the tiny world's tokenizer."""
     d = tmp_path_factory.mktemp("neox")
-    config = GPTNeoXConfig(vocab_size=len(tiny_world.tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=128)
+    config = GPTNeoXConfig(
+        vocab_size=len(tiny_world.tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     GPTNeoXForCausalLM(config).save_pretrained(str(d))
     tiny_world.tokenizer.save_pretrained(str(d))
     return d
 
 
 def test_model_path_loads_a_local_checkpoint(neox_checkpoint, tiny_cfg):
-    w = build_world(compose_cfg("model=tiny", "data=tiny", "queries=tiny", f"model.path={neox_checkpoint}",
-                                f"paths.output_dir={tiny_cfg.paths.output_dir}"))
+    w = build_world(
+        compose_cfg(
+            "model=tiny",
+            "data=tiny",
+            "queries=tiny",
+            f"model.path={neox_checkpoint}",
+            f"paths.output_dir={tiny_cfg.paths.output_dir}",
+        )
+    )
     assert type(w.model).__name__ == "GPTNeoXForCausalLM" and not w.model.training
     assert w.model_dir == str(neox_checkpoint.resolve()) and w.name.startswith(neox_checkpoint.name)
     assert w.train.input_ids.shape[0] == len(w.train.meta) > 0
@@ -98,8 +113,17 @@ def _write_corpus(path: Path, kind: str, docs: list[str]) -> Path:
 def test_data_path_chunks_local_corpora(kind, tmp_path, neox_checkpoint, tiny_cfg):
     docs = [f"Document number {i} talks about rivers, bridges and the number {i * 7}." for i in range(60)]
     path = _write_corpus(tmp_path / f"corpus.{kind}", kind, docs)
-    w = build_world(compose_cfg("model=tiny", "data=local", "queries=tiny", f"data.path={path}", "data.seq_len=32",
-                                f"model.path={neox_checkpoint}", f"paths.output_dir={tmp_path / 'out'}"))
+    w = build_world(
+        compose_cfg(
+            "model=tiny",
+            "data=local",
+            "queries=tiny",
+            f"data.path={path}",
+            "data.seq_len=32",
+            f"model.path={neox_checkpoint}",
+            f"paths.output_dir={tmp_path / 'out'}",
+        )
+    )
     assert w.train.input_ids.shape[1] == 32 and bool(w.train.attention_mask.all())
     assert set(w.train.meta["category"]) == {"local"} and "Document number 3 " in "".join(w.train.texts)
     n_tokens = sum(len(w.tokenizer(d)["input_ids"]) + 1 for d in docs)
@@ -109,9 +133,19 @@ def test_data_path_chunks_local_corpora(kind, tmp_path, neox_checkpoint, tiny_cf
 def test_data_path_trains_a_model_on_a_local_corpus(tmp_path):
     docs = [f"The lighthouse keeper counted {i} ships and wrote the number {i} in the log." for i in range(200)]
     path = _write_corpus(tmp_path / "c.txt", "txt", docs)
-    w = build_world(compose_cfg("model=tiny", "data=local", "queries=tiny", f"data.path={path}", "data.seq_len=64",
-                                "data.vocab_size=300", "model.train.tokens=8000", "model.train.n_evals=1",
-                                f"paths.output_dir={tmp_path / 'out'}"))
+    w = build_world(
+        compose_cfg(
+            "model=tiny",
+            "data=local",
+            "queries=tiny",
+            f"data.path={path}",
+            "data.seq_len=64",
+            "data.vocab_size=300",
+            "model.train.tokens=8000",
+            "model.train.n_evals=1",
+            f"paths.output_dir={tmp_path / 'out'}",
+        )
+    )
     assert (Path(w.model_dir) / "training.json").exists() and w.train.input_ids.shape[1] == 64
 
 
@@ -123,8 +157,9 @@ def test_bad_inputs_fail_with_one_line(tmp_path, neox_checkpoint, tiny_world):
     no_model = tmp_path / "no_model"
     no_model.mkdir()
     small = tmp_path / "small_vocab"
-    GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32)).save_pretrained(str(small))
+    GPTNeoXForCausalLM(
+        GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(str(small))
     tiny_world.tokenizer.save_pretrained(str(small))
     cases = [
         ([f"data.path={tmp_path / 'missing.txt'}", "data=local"], "does not exist"),

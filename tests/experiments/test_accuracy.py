@@ -1,15 +1,15 @@
 """The accuracy study end to end on tiny settings: tables, figures, a converged PBRF, and on the tabular
 regression EK-FAC tracks the PBRF better than the plain dot product."""
+
 import json
 import math
 
 import numpy as np
 import pandas as pd
-import pytest
 from omegaconf import OmegaConf, open_dict
 
-from experiments import run as runner
 from embedded.tabular import build_tabular
+from experiments import run as runner
 
 
 def test_tabular_regression_is_standardized_and_trained_to_convergence(tmp_path):
@@ -29,12 +29,21 @@ def test_accuracy_study_end_to_end(tiny_cfg, tiny_world, tiny_output_dir):
     cfg = tiny_cfg.copy()
     with open_dict(cfg):
         cfg.study = "accuracy"
-        cfg.accuracy = OmegaConf.create({
-            "tasks": ["diabetes", "lm"], "n_test_points": 4, "lissa": {"depth": 50, "batch_size": 40},
-            "tabular": {"diabetes": {"max_train_points": 12, "bregman_rows": 80}}, "linearity_rows": 2, "tolerance_rows": 2,
-            "lm_train_sequences": 3, "lm_queries": 2, "bregman_subset": 4, "lm_lissa": {"depth": 5, "batch_size": 4},
-            "lm_pbrf": {"max_steps": 10, "tol": 1e-4},
-        })
+        cfg.accuracy = OmegaConf.create(
+            {
+                "tasks": ["diabetes", "lm"],
+                "n_test_points": 4,
+                "lissa": {"depth": 50, "batch_size": 40},
+                "tabular": {"diabetes": {"max_train_points": 12, "bregman_rows": 80}},
+                "linearity_rows": 2,
+                "tolerance_rows": 2,
+                "lm_train_sequences": 3,
+                "lm_queries": 2,
+                "bregman_subset": 4,
+                "lm_lissa": {"depth": 5, "batch_size": 4},
+                "lm_pbrf": {"max_steps": 10, "tol": 1e-4},
+            }
+        )
     tables = runner.main(cfg)
     long, summary = tables["accuracy"], tables["accuracy_summary"]
     assert len(long) == 4 * 4 + 4 * 2  # methods × test points, per task
@@ -60,7 +69,8 @@ def test_accuracy_study_end_to_end(tiny_cfg, tiny_world, tiny_output_dir):
     sc = tables["accuracy_scores"]
     assert len(sc) == 5 * (4 * 12 + 2 * 3) and set(sc["method"]) == {"pbrf", "ekfac", "kfac", "lissa", "identity"}
     one = sc[(sc["task"] == "diabetes") & (sc["test_point"] == long["test_point"].iloc[0])].pivot(
-        index="train_row", columns="method", values="score")
+        index="train_row", columns="method", values="score"
+    )
     assert math.isclose(long["pearson"].iloc[0], np.corrcoef(one["ekfac"], one["pbrf"])[0, 1], rel_tol=1e-9)
     s = summary.set_index(["task", "method"])
     assert not math.isnan(s.loc[("diabetes", "ekfac"), "pearson_sem"])
@@ -68,4 +78,6 @@ def test_accuracy_study_end_to_end(tiny_cfg, tiny_world, tiny_output_dir):
     run_dir = tiny_output_dir / "runs" / "latest"
     assert len(pd.read_parquet(run_dir / "accuracy_summary.parquet")) == 8
     assert json.loads((run_dir / "metadata.json").read_text())["study"] == "accuracy"
-    assert (run_dir / "figures" / "fig6_accuracy.png").exists() and (run_dir / "figures" / "fig7_accuracy_vs_time.png").exists()
+    assert (run_dir / "figures" / "fig6_accuracy.png").exists() and (
+        run_dir / "figures" / "fig7_accuracy_vs_time.png"
+    ).exists()

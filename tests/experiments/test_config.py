@@ -1,4 +1,5 @@
 """Each YAML is its schema's defaults, key for key; `_target_` groups build their classes; bad options fail early."""
+
 import dataclasses
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from .conftest import CONF, compose_cfg
 
 
 def _defaults(cls) -> dict:
-    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            for f in dataclasses.fields(cls)}
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(cls)
+    }
 
 
 def _yaml(group: str, option: str) -> dict:
@@ -97,19 +100,33 @@ def test_an_unknown_or_mismatched_architecture_fails():
 
 
 def test_score_options_are_typed_and_checked():
-    assert score_options(compose_cfg("score.precision=bf16", "score.query_rank=8")) == \
-        ScoreOptions(precision="bf16", query_rank=8)
-    for bad, match in [("+score.topk=3", "topk"), ("score.batch_size=0", "score.batch_size=0"),
-                       ("score.precision=fp8", "unknown precision 'fp8'"), ("score.query_rank=-1", "score.query_rank=-1"),
-                       ("score.top_k=many", "top_k"), ("scale.seeds=[0,0]", "must not repeat"),
-                       ("layers.include_attention=maybe", "include_attention")]:
+    assert score_options(compose_cfg("score.precision=bf16", "score.query_rank=8")) == ScoreOptions(
+        precision="bf16", query_rank=8
+    )
+    for bad, match in [
+        ("+score.topk=3", "topk"),
+        ("score.batch_size=0", "score.batch_size=0"),
+        ("score.precision=fp8", "unknown precision 'fp8'"),
+        ("score.query_rank=-1", "score.query_rank=-1"),
+        ("score.top_k=many", "top_k"),
+        ("scale.seeds=[0,0]", "must not repeat"),
+        ("layers.include_attention=maybe", "include_attention"),
+    ]:
         with pytest.raises(InfluenceError, match=match):
             check(compose_cfg(bad))
 
 
 def test_new_curvature_fields_at_their_defaults_keep_the_fit_cache_key():
-    """Fits are keyed by the options given: fields the YAMLs gained are given only when set."""
-    assert "gradient_cache_mb" not in fit_options(compose_cfg("curvature=ekfac"))
-    assert fit_options(compose_cfg("curvature=ekfac", "curvature.gradient_cache_mb=64"))["gradient_cache_mb"] == 64
-    assert fit_options(compose_cfg("curvature=identity")) == {"batch_size": 16}
+    """The YAMLs list every field; a factor file is keyed without the fields marked `keyed_when_changed` while they
+    are at their defaults, so factors fitted before the YAMLs listed them are reused."""
+    from influence.curvature import get_curvature_class
+    from influence.fitting import keyed_options
+
+    ekfac = get_curvature_class("ekfac")
+    given = fit_options(compose_cfg("curvature=ekfac"))
+    assert given["gradient_cache_mb"] == 4096.0 and "gradient_cache_mb" not in keyed_options(ekfac, given)
+    assert keyed_options(ekfac, {**given, "gradient_cache_mb": 64})["gradient_cache_mb"] == 64
+    assert keyed_options(ekfac, given) == {
+        k: v for k, v in given.items() if k not in ("gradient_cache_mb", "precision")
+    }
     assert fit_options(compose_cfg("curvature=lissa", "seed=3"))["seed"] == 3

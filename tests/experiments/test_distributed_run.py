@@ -1,4 +1,5 @@
 """`torchrun --nproc_per_node=2 -m experiments.run` on the tiny world writes the tables of one process."""
+
 import os
 import shutil
 import socket
@@ -8,15 +9,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments import run as runner
-from experiments.studies import get_study
 from embedded.world import build_world
+from experiments.pipeline.outputs import write_tables
+from experiments.studies import get_study
 
 from .conftest import compose_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = ["model=tiny", "data=tiny", "queries=tiny", "queries.names=[shutdown,water]", "logger=none", "score.num_threads=1",
-        "score.max_sequences=120", "curvature.max_sequences=120", "score.chunk_batches=2"]
+ARGS = [
+    "model=tiny",
+    "data=tiny",
+    "queries=tiny",
+    "queries.names=[shutdown,water]",
+    "logger=none",
+    "score.num_threads=1",
+    "score.max_sequences=120",
+    "curvature.max_sequences=120",
+    "score.chunk_batches=2",
+]
 
 
 def _free_port() -> int:
@@ -27,14 +37,28 @@ def _free_port() -> int:
 
 def test_torchrun_two_processes_write_the_tables_of_one(tmp_path, tiny_world, tiny_output_dir):
     for n in (1, 2):  # the session's trained tiny model, without its factors or scans
-        shutil.copytree(tiny_output_dir, tmp_path / f"n{n}", ignore=lambda d, names: {"factors", "scans", "runs"} & set(names))
+        shutil.copytree(
+            tiny_output_dir, tmp_path / f"n{n}", ignore=lambda d, names: {"factors", "scans", "runs"} & set(names)
+        )
     cfg = compose_cfg(*ARGS, f"paths.output_dir={tmp_path / 'n1'}")  # one process: the study's tables, without figures
     one = tmp_path / "n1" / "run"
-    runner.write_tables(get_study(cfg.study)(cfg, build_world(cfg)), one)
+    write_tables(get_study(cfg.study)(cfg, build_world(cfg)), one)
     out = tmp_path / "n2"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "experiments.run", *ARGS, f"paths.output_dir={out}", f"hydra.run.dir={out}/run"]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        "-m",
+        "experiments.run",
+        *ARGS,
+        f"paths.output_dir={out}",
+        f"hydra.run.dir={out}/run",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("results in") == 1  # only rank 0 writes and reports
     logs = (proc.stdout + proc.stderr).splitlines()

@@ -1,4 +1,5 @@
 """Sweeps through Hydra's submitit launcher: the local launcher really runs jobs; the SLURM config composes."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -21,20 +22,38 @@ def _launcher(option: str):
     return cfg.hydra.launcher
 
 
-@pytest.mark.parametrize("option,target", [("submitit_local", LOCAL), ("local", LOCAL), ("submitit_slurm", SLURM), ("slurm", SLURM)])
+@pytest.mark.parametrize(
+    "option,target", [("submitit_local", LOCAL), ("local", LOCAL), ("submitit_slurm", SLURM), ("slurm", SLURM)]
+)
 def test_launcher_configs_compose(option, target):
     launcher = _launcher(option)
     assert launcher._target_ == target
     if option == "slurm":  # the documented resources are set and overridable keys of the plugin's schema
-        assert {"partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism"} <= set(launcher)
+        assert {"partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism"} <= set(
+            launcher
+        )
         assert launcher.gpus_per_node == 1 and launcher.mem_gb == 64
 
 
 def test_a_two_job_sweep_runs_through_the_submitit_local_launcher(tiny_cfg, tiny_world, tmp_path):
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "experiments.run", "-m", "hydra/launcher=submitit_local", "experiment=top_influences",
-           "model=tiny", "data=tiny", "queries=tiny", "queries.names=[shutdown,water]", "logger=none", "score.num_threads=1",
-           f"paths.output_dir={tiny_cfg.paths.output_dir}", "score.top_k=3,5", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.run",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "experiment=top_influences",
+        "model=tiny",
+        "data=tiny",
+        "queries=tiny",
+        "queries.names=[shutdown,water]",
+        "logger=none",
+        "score.num_threads=1",
+        f"paths.output_dir={tiny_cfg.paths.output_dir}",
+        "score.top_k=3,5",
+        f"hydra.sweep.dir={sweep}",
+    ]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "Submitit 'local' sweep" in p.stdout + p.stderr

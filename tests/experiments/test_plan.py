@@ -1,4 +1,5 @@
 """`python -m experiments.plan`: exact memory figures for the tiny model, from config alone; fit_stage logs them first."""
+
 import json
 import logging
 import subprocess
@@ -17,10 +18,20 @@ TINY = ("model=tiny", "data=tiny", "queries=tiny", "queries.names=[shutdown,wate
 def test_plan_of_the_tiny_model_in_exact_bytes(capsys):
     plan = planner.main(compose_cfg(*TINY))
     # GPT-2 tiny (n_embd 64): c_fc is (P, M+1) = (256, 65), c_proj (64, 257); 2 queries at full rank
-    c_fc = {"A": 65 * 65 * 8, "S": 256 * 256 * 8, "eigenvectors": (65 * 65 + 256 * 256) * 8, "lambda": 256 * 65 * 8,
-            "queries": 256 * 65 * 2 * 4}
-    c_proj = {"A": 257 * 257 * 8, "S": 64 * 64 * 8, "eigenvectors": (257 * 257 + 64 * 64) * 8, "lambda": 64 * 257 * 8,
-              "queries": 64 * 257 * 2 * 4}
+    c_fc = {
+        "A": 65 * 65 * 8,
+        "S": 256 * 256 * 8,
+        "eigenvectors": (65 * 65 + 256 * 256) * 8,
+        "lambda": 256 * 65 * 8,
+        "queries": 256 * 65 * 2 * 4,
+    }
+    c_proj = {
+        "A": 257 * 257 * 8,
+        "S": 64 * 64 * 8,
+        "eigenvectors": (257 * 257 + 64 * 64) * 8,
+        "lambda": 64 * 257 * 8,
+        "queries": 64 * 257 * 2 * 4,
+    }
     assert list(plan["layers"]) == [f"transformer.h.{i}.mlp.{n}" for i in (0, 1) for n in ("c_fc", "c_proj")]
     for name, mem in plan["layers"].items():
         want = c_fc if name.endswith("c_fc") else c_proj
@@ -38,14 +49,26 @@ def test_plan_of_the_tiny_model_in_exact_bytes(capsys):
 def test_plan_cli_reads_only_a_checkpoint_config(tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    (ckpt / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "hidden_size": 128, "num_hidden_layers": 3,
-                                                  "num_attention_heads": 4, "intermediate_size": 512, "vocab_size": 1000}))
+    (ckpt / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "gpt_neox",
+                "hidden_size": 128,
+                "num_hidden_layers": 3,
+                "num_attention_heads": 4,
+                "intermediate_size": 512,
+                "vocab_size": 1000,
+            }
+        )
+    )
     cmd = [sys.executable, "-m", "experiments.plan", f"model.path={ckpt}", "queries=tiny", "queries.names=[shutdown]"]
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "ekfac, 6 layers" in p.stdout and "gpt_neox.layers.2.mlp.dense_4h_to_h" in p.stdout
     assert sorted(x.name for x in tmp_path.iterdir()) == ["ckpt"]  # a plan writes nothing
-    bad = subprocess.run(cmd[:3] + [f"model.path={tmp_path / 'none'}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        cmd[:3] + [f"model.path={tmp_path / 'none'}"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert bad.returncode != 0 and "has no config.json" in bad.stderr
 
 

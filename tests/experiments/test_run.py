@@ -1,7 +1,8 @@
 """The runner end to end on the tiny world: tables written, factors cached and reused, bad config refused."""
+
 import pandas as pd
-import torch
 import pytest
+import torch
 from omegaconf import open_dict
 
 from experiments import run as runner
@@ -28,6 +29,7 @@ def test_top_influences_job_writes_tables_and_reuses_factors(tiny_cfg, tiny_worl
     assert "scale_convention" in (run_dir / "metadata.json").read_text()
     assert "query_memory_mb" in (run_dir / "metadata.json").read_text()
     from influence.storage import load_tensors
+
     tensors, tmeta = load_tensors(run_dir / "top_token_scores.safetensors")
     first = top[top["query"] == "quote_hamlet"]
     tok = tensors["quote_hamlet/token_scores"]
@@ -67,7 +69,7 @@ def test_query_rank_study_writes_fig3_table_and_figure(tiny_cfg, tiny_world, tin
     cfg = tiny_cfg.copy()
     with open_dict(cfg):
         cfg.study = "query_rank"
-        cfg.ranks = [2, 8, 32]
+        cfg.query_rank = {"ranks": [2, 8, 32]}
         cfg.score.max_sequences = 64
     tables = runner.main(cfg)
     t = tables["query_rank"]
@@ -77,23 +79,24 @@ def test_query_rank_study_writes_fig3_table_and_figure(tiny_cfg, tiny_world, tin
     mean = t.groupby("rank")["pearson"].mean()
     assert mean[32] >= mean[2] - 1e-6 and mean[32] > 0.9
     run_dir = tiny_output_dir / "runs" / "latest"
-    assert (run_dir / "figures" / "fig3_query_rank.png").stat().st_size > 1000 and (run_dir / "figures" / "fig3_query_rank.pdf").exists()
+    assert (run_dir / "figures" / "fig3_query_rank.png").stat().st_size > 1000 and (
+        run_dir / "figures" / "fig3_query_rank.pdf"
+    ).exists()
 
 
 def test_tfidf_filter_scores_each_query_on_its_own_candidates(tiny_cfg, tiny_world):
-    from omegaconf import OmegaConf
-
-    from influence.filtering import BM25Index
     from experiments.pipeline.stages import encode_stage, scan_stage
+    from influence.filtering import BM25Index
 
     cfg = tiny_cfg.copy()
     with open_dict(cfg):
-        cfg.filter = OmegaConf.create({"name": "tfidf", "top_k": 20, "mode": "binary", "k1": 1.5})
+        cfg.filter = compose_cfg("filter=tfidf", "filter.top_k=20").filter
     curvature = fit_stage(cfg, tiny_world)
     result = scan_stage(cfg, tiny_world, curvature)
     enc = encode_stage(tiny_world)
-    index = BM25Index.build(tiny_world.train.input_ids, vocab_size=len(tiny_world.tokenizer),
-                            attention_mask=tiny_world.train.attention_mask)
+    index = BM25Index.build(
+        tiny_world.train.input_ids, vocab_size=len(tiny_world.tokenizer), attention_mask=tiny_world.train.attention_mask
+    )
     for qi, q in enumerate(tiny_world.queries):
         expected = set(index.top_k(enc["input_ids"][qi][enc["attention_mask"][qi].bool()], 20).indices.tolist())
         scored = set(result.indices[result.scores[qi].isfinite()].tolist())
@@ -105,13 +108,11 @@ def test_tfidf_filter_scores_each_query_on_its_own_candidates(tiny_cfg, tiny_wor
 
 
 def test_tfidf_vs_unfiltered_study(tiny_cfg, tiny_world):
-    from omegaconf import OmegaConf
-
     cfg = tiny_cfg.copy()
     with open_dict(cfg):
         cfg.study = "tfidf_vs_unfiltered"
-        cfg.filter = OmegaConf.create({"name": "tfidf", "top_k": 30})  # mode and k1 take their defaults
-        cfg.tail = 100
+        cfg.filter = compose_cfg("filter=tfidf", "filter.top_k=30").filter  # mode and k1 take their defaults
+        cfg.tfidf_vs_unfiltered = {"tail": 100}
     t = runner.main(cfg)["tfidf_vs_unfiltered"]
     assert set(t["query"]) == {q.name for q in tiny_world.queries}
     assert t["overlap_at_k"].between(0, 1).all() and (t["candidates"] == 30).all()

@@ -1,5 +1,6 @@
 """The scale studies (abstraction, math_code, cross_lingual, role_play) on two tiny sizes x two seeds, and
 their helpers on hand-made cases."""
+
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import percentileofscore, spearmanr
 
-from analysis.figures import draw_all
+from analysis.figures import draw_figures
 from analysis.overlap import bm25_percentiles, score_percentiles, token_jaccard
 from analysis.relatedness import classify
 from analysis.trends import at_size, shares, sweep_spearman
@@ -23,9 +24,19 @@ POINT = ["size", "size_order", "seed", "params"]
 
 def preset_cfg(cfg, study: str, *overrides: str):
     """The scale_cfg sweep composed with `experiment=<study>` (and overrides such as `<study>.queries=[...]`)."""
-    return compose_cfg("model=tiny", "data=tiny", "queries=tiny", SCALE_QUERIES, f"paths.output_dir={cfg.paths.output_dir}",
-                       "score.num_threads=1", "logger=none", "scale.sizes=[tiny,tiny_large]", "scale.seeds=[0,1]",
-                       f"experiment={study}", *overrides)
+    return compose_cfg(
+        "model=tiny",
+        "data=tiny",
+        "queries=tiny",
+        SCALE_QUERIES,
+        f"paths.output_dir={cfg.paths.output_dir}",
+        "score.num_threads=1",
+        "logger=none",
+        "scale.sizes=[tiny,tiny_large]",
+        "scale.seeds=[0,1]",
+        f"experiment={study}",
+        *overrides,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +71,10 @@ def test_bm25_percentile_within_the_candidates():
 def test_classification_from_metadata():
     code = dict(category="code", kind="program", algorithm="binary_search", prog_lang="python")
     assert classify(code, "code", "binary_search", "python") == "same_algorithm_same_language"
-    assert classify({**code, "prog_lang": "javascript"}, "code", "binary_search", "python") == "same_algorithm_other_language"
+    assert (
+        classify({**code, "prog_lang": "javascript"}, "code", "binary_search", "python")
+        == "same_algorithm_other_language"
+    )
     assert classify({**code, "algorithm": "quicksort"}, "code", "binary_search", "python") == "other_code"
     math = pd.Series(dict(category="math", kind="word_problem", algorithm=np.nan))
     assert classify(math, "code", "binary_search", "python") == "spurious"
@@ -70,8 +84,16 @@ def test_classification_from_metadata():
 
 
 def test_shares_sum_to_one_and_spearman_treats_seeds_as_repeated_x():
-    top = pd.DataFrame({"size": ["a"] * 4 + ["b"] * 4, "size_order": [0] * 4 + [1] * 4, "seed": [0, 0, 1, 1] * 2,
-                        "params": [10] * 4 + [100] * 4, "query": "q", "category": list("xyxxyyxy")})
+    top = pd.DataFrame(
+        {
+            "size": ["a"] * 4 + ["b"] * 4,
+            "size_order": [0] * 4 + [1] * 4,
+            "seed": [0, 0, 1, 1] * 2,
+            "params": [10] * 4 + [100] * 4,
+            "query": "q",
+            "category": list("xyxxyyxy"),
+        }
+    )
     s = shares(top, "category")
     assert s.groupby(POINT + ["query"])["share"].sum().to_numpy() == pytest.approx(1.0)
     assert s.set_index(["size_order", "seed", "label"]).loc[(0, 1, "x"), "share"] == 1.0
@@ -101,7 +123,9 @@ def test_no_tagged_query_fails_naming_the_fix(scale_cfg, study):
     from experiments.studies import get_study
 
     with pytest.raises(InfluenceError, match=rf"{study}\.queries|queries\.names"):
-        get_study(study)(preset_cfg(scale_cfg, study), _fake_world(("quote", {"study": ["memorization"], "type": "quote"})))
+        get_study(study)(
+            preset_cfg(scale_cfg, study), _fake_world(("quote", {"study": ["memorization"], "type": "quote"}))
+        )
 
 
 def test_math_code_refuses_other_query_types_and_cross_lingual_untranslated_queries(scale_cfg):
@@ -130,8 +154,9 @@ def scans(scale_cfg, runs):
 def _check_long_format(df, *extra):
     assert set(POINT + ["query", *extra]) <= set(df.columns)
     assert sorted(df["size"].unique()) == ["tiny", "tiny_large"] and sorted(df["seed"].unique()) == [0, 1]
-    assert (df.groupby("size")["params"].nunique() == 1).all() and df.loc[df["size_order"] == 1, "params"].min() > \
-        df.loc[df["size_order"] == 0, "params"].max()
+    assert (df.groupby("size")["params"].nunique() == 1).all() and df.loc[
+        df["size_order"] == 1, "params"
+    ].min() > df.loc[df["size_order"] == 0, "params"].max()
 
 
 def test_abstraction_overlap_scores_and_summary(runs, scale_world):
@@ -143,6 +168,7 @@ def test_abstraction_overlap_scores_and_summary(runs, scale_world):
     assert top["bm25_percentile"].between(0, 100).all() and top["jaccard"].between(0, 1).all()
     # one row's Jaccard recomputed from token ids
     from experiments.pipeline.stages import encode_stage
+
     r = top.iloc[0]
     q = next(q for q in scale_world.queries if q.name == r["query"])
     enc = encode_stage(scale_world, [q])
@@ -155,7 +181,9 @@ def test_abstraction_overlap_scores_and_summary(runs, scale_world):
         per_point = points.groupby(["size_order", "seed"])[key].mean().reset_index()
         want = spearmanr(per_point["size_order"], per_point[key]).statistic
         assert s[f"{key}_vs_size_spearman"] == pytest.approx(want, nan_ok=True)
-    assert s["jaccard_smallest"] == pytest.approx(top[top["size_order"] == 0]["jaccard"].mean())  # 10 rows per (seed, query)
+    assert s["jaccard_smallest"] == pytest.approx(
+        top[top["size_order"] == 0]["jaccard"].mean()
+    )  # 10 rows per (seed, query)
     want = (top[top["size_order"] == 1]["category"] == "distractors").mean()
     assert s["distractor_share_largest"] == pytest.approx(want)
     top1 = top[top["rank"] == 1].set_index(POINT + ["query"])["score"]
@@ -173,10 +201,23 @@ def test_math_code_relations_come_from_the_metadata(runs, scale_world):
     for r in top.itertuples():
         m = meta.iloc[r.row]
         if r.query == "binary_search":
-            want = "spurious" if m["category"] != "code" else "other_code" if m["algorithm"] != "binary_search" else \
-                "same_algorithm_same_language" if m["prog_lang"] == "python" else "same_algorithm_other_language"
+            want = (
+                "spurious"
+                if m["category"] != "code"
+                else "other_code"
+                if m["algorithm"] != "binary_search"
+                else "same_algorithm_same_language"
+                if m["prog_lang"] == "python"
+                else "same_algorithm_other_language"
+            )
         else:
-            want = "spurious" if m["category"] != "math" else "word_problem" if m["kind"] == "word_problem" else "other_math"
+            want = (
+                "spurious"
+                if m["category"] != "math"
+                else "word_problem"
+                if m["kind"] == "word_problem"
+                else "other_math"
+            )
         assert r.relation == want
     assert t["math_code_relations"].groupby(POINT + ["query"])["share"].sum().to_numpy() == pytest.approx(1.0)
     s = t["_summary"].iloc[0]
@@ -193,8 +234,13 @@ def test_cross_lingual_ratio_is_the_ratio_of_the_scans_sums(runs, scans):
     t = runs["cross_lingual"]
     seqs, ratio = t["cross_lingual_sequences"], t["cross_lingual_ratio"]
     _check_long_format(ratio, "language", "ratio")
-    assert set(zip(ratio["query"], ratio["language"])) == {("shutdown", "tr"), ("water", "tr"), ("water", "ko"),
-                                                           ("fact_velmora_capital", "tr"), ("fact_velmora_capital", "ko")}
+    assert set(zip(ratio["query"], ratio["language"])) == {
+        ("shutdown", "tr"),
+        ("water", "tr"),
+        ("water", "ko"),
+        ("fact_velmora_capital", "tr"),
+        ("fact_velmora_capital", "ko"),
+    }
     checked = 0
     for key, world, result in scans:
         pos = {n: i for i, n in enumerate(result.query_names)}
@@ -202,8 +248,12 @@ def test_cross_lingual_ratio_is_the_ratio_of_the_scans_sums(runs, scans):
         lang = world.train.meta["language"]
         english = [col[r] for r in result.indices.tolist() if pd.isna(lang.iloc[r]) or lang.iloc[r] == "en"]
         for r in ratio[(ratio["size"] == key["size"]) & (ratio["seed"] == key["seed"])].itertuples():
-            listed = seqs[(seqs["size"] == key["size"]) & (seqs["seed"] == key["seed"]) & (seqs["query"] == r.query)
-                          & (seqs["language"] == r.language)].sort_values("rank")
+            listed = seqs[
+                (seqs["size"] == key["size"])
+                & (seqs["seed"] == key["seed"])
+                & (seqs["query"] == r.query)
+                & (seqs["language"] == r.language)
+            ].sort_values("rank")
             cols = [col[x] for x in listed["row"]]
             en, tr = result.scores[pos[r.query]], result.scores[pos[r.translated_query]]
             # the listed sequences are the English query's top 10 among the English candidates
@@ -216,7 +266,9 @@ def test_cross_lingual_ratio_is_the_ratio_of_the_scans_sums(runs, scans):
     s = t["_summary"].iloc[0]
     # the trend is of each point's median over queries and languages (sturdy to a near-zero English sum)
     pp = ratio.groupby(["size_order", "seed"])["ratio"].median().reset_index()
-    assert s["cross_lingual_vs_size_spearman"] == pytest.approx(spearmanr(pp["size_order"], pp["ratio"]).statistic, nan_ok=True)
+    assert s["cross_lingual_vs_size_spearman"] == pytest.approx(
+        spearmanr(pp["size_order"], pp["ratio"]).statistic, nan_ok=True
+    )
     assert s["cross_lingual_largest"] == pytest.approx(pp[pp["size_order"] == 1]["ratio"].mean())
     assert s["cross_lingual_smallest"] == pytest.approx(pp[pp["size_order"] == 0]["ratio"].mean())
     # heatmap: the rows a size lists sum, at that size, to its ratio
@@ -247,7 +299,13 @@ def test_metadata_names_the_sweep_and_figures_are_drawn(runs, study, tmp_path):
     meta = t["_metadata"].iloc[0]
     assert meta["models"] == 4 and meta["sizes"] == "tiny,tiny_large" and meta["seeds"] == "0,1"
     assert meta["curvature"] == "ekfac" and meta["filter"] == "none" and "candidates" in meta
-    stems = {p.stem.split("_")[0] for p in draw_all(t, tmp_path) if p.suffix == ".png"}
-    want = {"abstraction": {"fig10", "fig11"}, "math_code": {"fig13", "fig14"}, "cross_lingual": {"fig15", "fig16"},
-            "role_play": {"fig28", "fig29"}}[study]
+    from experiments.studies import get_study
+
+    stems = {p.stem.split("_")[0] for p in draw_figures(get_study(study).figures, t, tmp_path) if p.suffix == ".png"}
+    want = {
+        "abstraction": {"fig10", "fig11"},
+        "math_code": {"fig13", "fig14"},
+        "cross_lingual": {"fig15", "fig16"},
+        "role_play": {"fig28", "fig29"},
+    }[study]
     assert stems == want

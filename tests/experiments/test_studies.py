@@ -1,4 +1,5 @@
 """Every preset composes; each study runs end to end on the tiny world; W&B offline logs what it should."""
+
 import re
 import subprocess
 import sys
@@ -30,6 +31,77 @@ def test_every_preset_composes_and_names_a_registered_study(preset):
     assert (Path(CONF) / "experiment" / f"{preset}.yaml").read_text().startswith("# @package _global_")
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_lists_exactly_its_studys_options_with_their_defaults(preset):
+    """The options dataclass is the one source of defaults; the preset lists every field (so that `<study>.<key>=`
+    overrides need no `+`) with the same value, and nothing else: a misspelt key would be caught here."""
+    from dataclasses import asdict, fields
+
+    from experiments.paper import PaperOptions
+    from experiments.studies import NoOptions, get_study
+
+    schema = PaperOptions if preset == "paper" else get_study(preset).options
+    cfg = compose_cfg(f"experiment={preset}")
+    if schema is NoOptions:
+        assert cfg.get(preset) is None
+        return
+    block = OmegaConf.to_container(cfg[preset], resolve=True)
+    assert list(block) == [f.name for f in fields(schema)], f"conf/experiment/{preset}.yaml: list the fields in order"
+    assert block == asdict(schema()), (
+        f"conf/experiment/{preset}.yaml: a value differs from {schema.__qualname__}'s default"
+    )
+    assert all(f.metadata.get("help") for f in fields(schema)), f"{schema.__qualname__}: give every field a help text"
+
+
+def test_a_misspelt_or_invalid_option_fails_in_one_line_before_any_work():
+    from experiments.studies import get_study
+
+    cfg = compose_cfg("experiment=sparsity")
+    with open_dict(cfg):
+        cfg.sparsity.tial = 10
+    with pytest.raises(InfluenceError, match=r"sparsity has no option\(s\) \['tial'\]: valid options are .*'tail'"):
+        runner.main(cfg)  # before the world is built: the tiny world's paths are not even configured here
+    for override, message in [
+        ("accuracy.pbrf.tol=abc", r"accuracy\.pbrf\.tol: .*Float"),
+        ("+accuracy.pbrf.tols=1", r"accuracy\.pbrf\.tols: Key 'tols'"),
+        ("accuracy.tasks=[lm,cifar]", r"unknown task\(s\) \['cifar'\]"),
+        ("+accuracy.tabular.diabetes.hiden=3", r"accuracy\.tabular\.diabetes: no setting\(s\) \['hiden'\]"),
+    ]:
+        study = override.lstrip("+").split(".")[0]
+        with pytest.raises(InfluenceError, match=message) as e:
+            get_study(study).read_options(compose_cfg(f"experiment={study}", override))
+        assert "\n" not in str(e.value)
+
+
+def test_studies_are_discovered_and_self_described():
+    """Each module of experiments/studies ends with `STUDY = Study(...)`: the paper's sections, their order and their
+    figures and findings come from there."""
+    import pkgutil
+
+    import experiments.studies as studies
+    from experiments.studies import STUDIES, paper_studies
+
+    modules = {m.name for m in pkgutil.iter_modules(studies.__path__) if not m.name.startswith("_")} - {"registry"}
+    assert set(STUDIES) == modules
+    assert set(PRESETS) == modules | {"paper"}  # one preset per study
+    order = [s.name for s in paper_studies()]
+    assert order[:3] == ["query_rank", "tfidf_vs_unfiltered", "accuracy"] and order[-1] == "role_play"
+    assert "top_influences" not in order  # a study with no place in the paper
+    assert {s.name for s in paper_studies() if s.sweep} == {
+        "abstraction",
+        "math_code",
+        "cross_lingual",
+        "word_order",
+        "role_play",
+    }
+    for study in STUDIES.values():
+        assert study.title and (study.where or study.order is None)
+        stems = [f.stem for f in study.figures]
+        assert all(f.tables for f in study.figures) and len(set(zip(stems, [f.draw for f in study.figures]))) == len(
+            stems
+        )
+
+
 def test_every_group_option_composes():
     for group, options in GROUPS.items():
         if group == "experiment":
@@ -47,6 +119,7 @@ def test_unknown_experiment_key_or_model_fail_listing_what_exists():
     with pytest.raises(ConfigCompositionException, match="tial"):
         compose_cfg("experiment=sparsity", "sparsity.tial=10")
     from experiments.studies import get_study
+
     with pytest.raises(InfluenceError, match="choose one of .*memorization"):
         get_study("memorisation")
 
@@ -60,15 +133,30 @@ def _run(tiny_cfg, preset: str, **overrides):
 
 
 def _tiny_overrides(tiny_cfg):
-    return ["model=tiny", "data=tiny", "queries=tiny", TINY_QUERIES, f"paths.output_dir={tiny_cfg.paths.output_dir}",
-            "score.num_threads=1", "logger=none"]
+    return [
+        "model=tiny",
+        "data=tiny",
+        "queries=tiny",
+        TINY_QUERIES,
+        f"paths.output_dir={tiny_cfg.paths.output_dir}",
+        "score.num_threads=1",
+        "logger=none",
+    ]
 
 
 def test_sparsity_study_fits_every_law_and_writes_table1_and_fig8(tiny_cfg, tiny_world):
     tables, run_dir = _run(tiny_cfg, "sparsity", **{"sparsity.tail": 100, "sparsity.queries": ["shutdown", "water"]})
     t, fits = tables["sparsity"], tables["sparsity_fits"]
     assert list(t["query"]) == ["shutdown", "water"]
-    assert set(fits["distribution"]) == {"power_law", "exponential", "weibull", "exp_weibull", "rayleigh", "gumbel", "gev"}
+    assert set(fits["distribution"]) == {
+        "power_law",
+        "exponential",
+        "weibull",
+        "exp_weibull",
+        "rayleigh",
+        "gumbel",
+        "gev",
+    }
     assert (fits["n_tail"] == 100).all() and fits["ks_p"].between(0, 1).all()
     # the power-law α is the closed-form MLE on the tail: 1 + n / Σ log(x / x_min)
     s = tables["scores"]
@@ -92,12 +180,14 @@ def test_concentration_study(tiny_cfg, tiny_world):
 
 
 def test_layer_wise_study_reads_the_scans_layer_split(tiny_cfg, tiny_world):
-    tables, run_dir = _run(tiny_cfg, "layer_wise", **{"layerwise.top_n": 20, "layerwise.heatmap_query": "quote_hamlet"})
+    tables, run_dir = _run(
+        tiny_cfg, "layer_wise", **{"layer_wise.top_n": 20, "layer_wise.heatmap_query": "quote_hamlet"}
+    )
     b = tables["layer_blocks"]
     assert b["block"].nunique() == 2  # the tiny model has 2 layers: min(9, 2) blocks
-    scores = tables.get("scores")
     # the block sums of a top sequence add up to its scan score
     from experiments.pipeline.stages import search_stage
+
     res = search_stage(compose_cfg(*_tiny_overrides(tiny_cfg)), tiny_world).result
     qi = res.query_names.index("water")
     top = b[(b["query"] == "water") & (b["rank"] == 1)]
@@ -109,7 +199,9 @@ def test_layer_wise_study_reads_the_scans_layer_split(tiny_cfg, tiny_world):
     assert heat["layer"].nunique() == 4 and (heat["query"] == "quote_hamlet").all()
     top_hamlet = float(res.scores[res.query_names.index("quote_hamlet")].max())
     assert heat["score"].sum() == pytest.approx(top_hamlet, rel=1e-3)  # the whole grid sums to the influence
-    assert (run_dir / "figures" / "fig17_layerwise.png").exists() and (run_dir / "figures" / "fig4_token_heatmap.png").exists()
+    assert (run_dir / "figures" / "fig17_layerwise.png").exists() and (
+        run_dir / "figures" / "fig4_token_heatmap.png"
+    ).exists()
 
 
 def test_memorization_study_finds_where_the_passage_is(tiny_cfg, tiny_world):
@@ -122,7 +214,7 @@ def test_memorization_study_finds_where_the_passage_is(tiny_cfg, tiny_world):
         text = " ".join(r["text"].split())
         assert r["contains_passage"] == (passage in text)
         if r["contains_passage"]:
-            assert text[r["char_offset"]:].startswith(passage)
+            assert text[r["char_offset"] :].startswith(passage)
     copies = sum(passage in " ".join(t.split()) for t in tiny_world.train.texts)
     assert summary.iloc[0]["copies_in_corpus"] == copies > 0
     html = (run_dir / "figures" / "top_sequences.html").read_text()
@@ -138,14 +230,30 @@ def _wandb_records(run_dir: Path) -> bytes:
 
 
 def test_wandb_offline_logs_figures_tables_config_and_summary(tiny_cfg, tiny_world):
-    tables, run_dir = _run(tiny_cfg, "concentration", **{"logger": OmegaConf.create(
-        {"name": "wandb", "project": "test", "entity": None, "mode": "offline", "group": None, "tags": [],
-         "max_table_rows": 1000})})
+    tables, run_dir = _run(
+        tiny_cfg,
+        "concentration",
+        **{
+            "logger": OmegaConf.create(
+                {
+                    "_target_": "experiments.tracking.WandbTracker",
+                    "name": "wandb",
+                    "project": "test",
+                    "entity": None,
+                    "mode": "offline",
+                    "group": None,
+                    "tags": [],
+                    "max_table_rows": 1000,
+                }
+            )
+        },
+    )
     files = next((run_dir / "wandb").glob("offline-run-*")) / "files" / "media"
     assert list(files.glob("images/figures/fig9_concentration*.png"))
     logged = list(files.glob("table/tables/concentration*.table.json"))
     assert logged
     import json
+
     t = json.loads(logged[0].read_text())
     assert len(t["data"]) == len(tables["concentration"]) and "share" in t["columns"]
     records = _wandb_records(run_dir)
@@ -161,16 +269,36 @@ def test_a_wandb_failure_warns_and_keeps_the_results(tiny_cfg, tiny_world, monke
 
     monkeypatch.setattr(wandb, "init", broken)
     with pytest.warns(RuntimeWarning, match="wandb logging failed.*results are kept"):
-        tables, run_dir = _run(tiny_cfg, "concentration", **{"logger": OmegaConf.create({"name": "wandb", "mode": "online"})})
+        tables, run_dir = _run(
+            tiny_cfg,
+            "concentration",
+            **{
+                "logger": OmegaConf.create(
+                    {"_target_": "experiments.tracking.WandbTracker", "name": "wandb", "mode": "online"}
+                )
+            },
+        )
     assert (run_dir / "concentration.parquet").exists() and (run_dir / "report.md").exists()
 
 
 def test_a_multirun_sweep_runs_each_value_in_one_wandb_group(tiny_cfg, tiny_world, tmp_path):
     """`-m` sweeps run every value; the runs of one sweep share a W&B group."""
     out = tiny_cfg.paths.output_dir
-    cmd = [sys.executable, "-m", "experiments.run", "-m", "experiment=concentration", "model=tiny", "data=tiny",
-           "queries=tiny", TINY_QUERIES, f"paths.output_dir={out}", "score.num_threads=1", "score.max_sequences=100,200",
-           f"hydra.sweep.dir={tmp_path}/sweep"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.run",
+        "-m",
+        "experiment=concentration",
+        "model=tiny",
+        "data=tiny",
+        "queries=tiny",
+        TINY_QUERIES,
+        f"paths.output_dir={out}",
+        "score.num_threads=1",
+        "score.max_sequences=100,200",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    ]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     runs = sorted((tmp_path / "sweep").glob("[0-9]*"))
@@ -182,6 +310,11 @@ def test_a_multirun_sweep_runs_each_value_in_one_wandb_group(tiny_cfg, tiny_worl
         assert (r / ".hydra" / "config.yaml").exists() and (r / "report.md").exists()
         groups.add(re.search(rb"concentration-sweep", _wandb_records(r)) is not None)
     assert groups == {True}
-    bad = subprocess.run(cmd[:4] + ["experiment=concentration", "model=huge,tiny", f"hydra.sweep.dir={tmp_path}/bad"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        cmd[:4] + ["experiment=concentration", "model=huge,tiny", f"hydra.sweep.dir={tmp_path}/bad"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode != 0 and "huge" in bad.stderr and "Available options" in bad.stderr

@@ -1,4 +1,5 @@
 """Sweep points compose like every config: the run's model overrides reach every (size, seed) point."""
+
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,8 +17,11 @@ TINY_SWEEP = ("model=tiny", "data=tiny", "queries=tiny", "scale.sizes=[tiny,tiny
 
 def _points(cfg, monkeypatch):
     """scale_points without training or searching: each point's world is its config's untrained model."""
-    monkeypatch.setattr(sweep, "build_world_ranked",
-                        lambda sub: SimpleNamespace(name=sub.model.name, model=build_model(sub.model, 64, 0, 0)))
+    monkeypatch.setattr(
+        sweep,
+        "build_world_ranked",
+        lambda sub: SimpleNamespace(name=sub.model.name, model=build_model(sub.model, 64, 0, 0)),
+    )
     return list(sweep.scale_points(cfg, search=False))
 
 
@@ -36,8 +40,9 @@ def test_a_model_override_reaches_every_sweep_point(monkeypatch):
 def test_without_overrides_a_point_is_its_model_option_as_composed():
     cfg = compose_cfg(*TINY_SWEEP)
     for size in ("tiny", "tiny_large", "xs"):
-        assert OmegaConf.to_container(sweep.point_config(cfg, size, 0).model) == \
-            OmegaConf.to_container(compose_cfg(f"model={size}").model)
+        assert OmegaConf.to_container(sweep.point_config(cfg, size, 0).model) == OmegaConf.to_container(
+            compose_cfg(f"model={size}").model
+        )
 
 
 def test_added_removed_and_in_code_model_changes_reach_every_point():

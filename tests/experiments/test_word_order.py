@@ -1,4 +1,5 @@
 """Word-order study (Figs. 23-27) on the tiny scale sweep: tables, an independent number check, orientation, bad input."""
+
 from types import SimpleNamespace
 
 import pandas as pd
@@ -13,9 +14,20 @@ from influence import InfluenceError
 
 from .conftest import compose_cfg
 
-WO_QUERIES = {"wo_astrobia_president": "forward", "wo_astrobia_president_flipped": "flipped",
-              "wo_nerevia_capital": "forward", "wo_nerevia_capital_flipped": "flipped"}
-EN_PARTITIONS = {"rewording", "completion_removed", "semantic_change", "irrelevant", "flipped", "flipped_relation_removed"}
+WO_QUERIES = {
+    "wo_astrobia_president": "forward",
+    "wo_astrobia_president_flipped": "flipped",
+    "wo_nerevia_capital": "forward",
+    "wo_nerevia_capital_flipped": "flipped",
+}
+EN_PARTITIONS = {
+    "rewording",
+    "completion_removed",
+    "semantic_change",
+    "irrelevant",
+    "flipped",
+    "flipped_relation_removed",
+}
 
 
 def word_order_cfg(scale_cfg, **options):
@@ -38,7 +50,7 @@ def wo(scale_cfg):
 
 
 def test_runs_over_every_size_seed_query_and_partition(wo, tmp_path):
-    from analysis.figures import draw_all
+    from analysis.figures import draw_figures
 
     _, tables = wo
     s, parts, ratios = tables["word_order_scores"], tables["word_order_partitions"], tables["word_order_ratios"]
@@ -49,21 +61,35 @@ def test_runs_over_every_size_seed_query_and_partition(wo, tmp_path):
         assert en == EN_PARTITIONS, key
         cross = set(zip(g.loc[g["language"] != "en", "partition"], g.loc[g["language"] != "en", "language"]))
         assert cross == {(p, l) for p in ("rewording", "flipped") for l in ("tr", "ko")}, key
-    assert len(parts.groupby(["size", "seed", "query"])) == 2 * 2 * 4 and (parts.groupby(["size", "seed", "query"]).size() == 10).all()
+    assert (
+        len(parts.groupby(["size", "seed", "query"])) == 2 * 2 * 4
+        and (parts.groupby(["size", "seed", "query"]).size() == 10).all()
+    )
     assert len(ratios) == 2 * 2 * 4 and set(ratios["size"]) == {"tiny", "tiny_large"} and set(ratios["seed"]) == {0, 1}
     # the irrelevant text is the same handful for every query and every model
     irr = s[s["partition"] == "irrelevant"].groupby(["size", "seed", "query"])["text"].apply(tuple)
     assert irr.nunique() == 1 and len(irr.iloc[0]) == 5
     # orientation: a flipped query's same-order sequences are the fact's flipped wordings
     flipped_q = s[(s["query"] == "wo_nerevia_capital_flipped") & (s["language"] == "en")]
-    assert set(flipped_q.loc[flipped_q["order_vs_query"] == "same", "partition"]) == {"flipped", "flipped_relation_removed"}
+    assert set(flipped_q.loc[flipped_q["order_vs_query"] == "same", "partition"]) == {
+        "flipped",
+        "flipped_relation_removed",
+    }
     summary = tables["_summary"].iloc[0]
-    for k in ("flipped_over_same_order", "completion_removed_over_same_order", "flipped_relation_removed_over_flipped",
-              "cross_lingual_flipped_over_same_order"):
+    for k in (
+        "flipped_over_same_order",
+        "completion_removed_over_same_order",
+        "flipped_relation_removed_over_flipped",
+        "cross_lingual_flipped_over_same_order",
+    ):
         assert pd.notna(summary[k]) and pd.notna(summary[k + "_smallest"]), k
     meta = tables["_metadata"].iloc[0]
-    assert meta["curvature"] == "ekfac" and meta["models"].count("gpt2-tiny") == 4 and "wo_nerevia_capital" in meta["queries"]
-    stems = {p.name for p in draw_all(tables, tmp_path)}
+    assert (
+        meta["curvature"] == "ekfac"
+        and meta["models"].count("gpt2-tiny") == 4
+        and "wo_nerevia_capital" in meta["queries"]
+    )
+    stems = {p.name for p in draw_figures(get_study("word_order").figures, tables, tmp_path)}
     assert {"fig27_word_order_ratio.png", "fig27_word_order_ratio.pdf"} <= stems
     assert {f"fig23_26_word_order_{q}.png" for q in WO_QUERIES} <= stems
 
@@ -81,9 +107,9 @@ def _layer_grads(layers, scalar):
 
 def test_a_score_is_minus_the_preconditioned_query_gradient_dot_the_training_gradient(wo):
     """Independent of the library's capture path: autograd of log p(completion|prompt) and of the summed token CE."""
-    from experiments.pipeline.sweep import point_config
-    from experiments.pipeline.stages import fit_stage
     from embedded.world import build_world
+    from experiments.pipeline.stages import fit_stage
+    from experiments.pipeline.sweep import point_config
 
     cfg, tables = wo
     sub = point_config(cfg, "tiny_large", 1)
@@ -92,9 +118,14 @@ def test_a_score_is_minus_the_preconditioned_query_gradient_dot_the_training_gra
     model, tok = world.model, world.tokenizer
     q = next(q for q in world.queries if q.name == "wo_astrobia_president")
     s = tables["word_order_scores"]
-    row = s[(s["size"] == "tiny_large") & (s["seed"] == 1) & (s["query"] == q.name) & (s["partition"] == "flipped")].iloc[0]
+    row = s[
+        (s["size"] == "tiny_large") & (s["seed"] == 1) & (s["query"] == q.name) & (s["partition"] == "flipped")
+    ].iloc[0]
 
-    p_ids, c_ids = tok(q.prompt, add_special_tokens=False)["input_ids"], tok(q.completion, add_special_tokens=False)["input_ids"]
+    p_ids, c_ids = (
+        tok(q.prompt, add_special_tokens=False)["input_ids"],
+        tok(q.completion, add_special_tokens=False)["input_ids"],
+    )
     ids = torch.tensor([p_ids + c_ids])
     logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
     f = logp[torch.arange(len(p_ids) - 1, ids.shape[1] - 1), torch.tensor(c_ids)].sum()
@@ -124,14 +155,24 @@ def test_ratios_are_ratios_of_partition_means_in_the_querys_own_order(wo):
         same, flip = ("rewording", "flipped") if r["query_order"] == "forward" else ("flipped", "rewording")
         assert r["flipped_over_same_order"] == pytest.approx(en[flip] / en[same], rel=1e-9)
         if r["query_order"] == "forward":
-            assert r["completion_removed_over_same_order"] == pytest.approx(en["completion_removed"] / en["rewording"], rel=1e-9)
-            assert r["flipped_relation_removed_over_flipped"] == pytest.approx(en["flipped_relation_removed"] / en["flipped"], rel=1e-9)
+            assert r["completion_removed_over_same_order"] == pytest.approx(
+                en["completion_removed"] / en["rewording"], rel=1e-9
+            )
+            assert r["flipped_relation_removed_over_flipped"] == pytest.approx(
+                en["flipped_relation_removed"] / en["flipped"], rel=1e-9
+            )
         else:
-            assert pd.isna(r["completion_removed_over_same_order"]) and pd.isna(r["flipped_relation_removed_over_flipped"])
+            assert pd.isna(r["completion_removed_over_same_order"]) and pd.isna(
+                r["flipped_relation_removed_over_flipped"]
+            )
         x = p[p["language"] != "en"]
-        assert r["cross_lingual_flipped_over_same_order"] == pytest.approx(_pooled(x, flip) / _pooled(x, same), rel=1e-9)
+        assert r["cross_lingual_flipped_over_same_order"] == pytest.approx(
+            _pooled(x, flip) / _pooled(x, same), rel=1e-9
+        )
     largest = ratios[(ratios["size"] == "tiny_large") & (ratios["query_order"] == "forward")]
-    assert tables["_summary"].iloc[0]["flipped_over_same_order"] == pytest.approx(largest["flipped_over_same_order"].median())
+    assert tables["_summary"].iloc[0]["flipped_over_same_order"] == pytest.approx(
+        largest["flipped_over_same_order"].median()
+    )
 
 
 def test_cross_lingual_rows_only_for_translated_relations_with_the_object_first_when_flipped():
@@ -146,11 +187,17 @@ def test_cross_lingual_rows_only_for_translated_relations_with_the_object_first_
             assert first == (part == "flipped"), (fid, lang, texts)
 
 
-@pytest.mark.parametrize("names, message", [
-    (["nope"], r"word_order: unknown queries \['nope'\]"),
-    (["fact_velmora_capital"], r"'fact_velmora_capital' has fact_id 'velmora_capital', which is not a held-out fact"),
-    (["water"], r"'water' has no fact_id tag"),
-])
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (["nope"], r"word_order: unknown queries \['nope'\]"),
+        (
+            ["fact_velmora_capital"],
+            r"'fact_velmora_capital' has fact_id 'velmora_capital', which is not a held-out fact",
+        ),
+        (["water"], r"'water' has no fact_id tag"),
+    ],
+)
 def test_bad_queries_fail_with_one_line_naming_what_to_fix(scale_cfg, names, message):
     from embedded.world import load_queries
 

@@ -1,11 +1,12 @@
 """Run in a subprocess by the scan tests: a deterministic scan of a tiny model into a given directory."""
+
 import resource
 import signal
 import sys
 
 import torch
 
-from influence import LanguageModelTask, InfluenceError, fit_curvature
+from influence import InfluenceError, LanguageModelTask, fit_curvature
 from influence.scan import scan
 
 from .tiny import neox, query_batch, token_data

@@ -1,12 +1,22 @@
 """Bad input gets a one-line InfluenceError naming what to fix, and no half-written file."""
+
 import os
 
 import pytest
 import torch
 from torch import nn
 
-from influence import (InfluenceError, LanguageModelTask, Query, compute_scores, context_length, encode_queries,
-                       find_tracked_layers, fit_curvature, load_curvature)
+from influence import (
+    InfluenceError,
+    LanguageModelTask,
+    Query,
+    compute_scores,
+    context_length,
+    encode_queries,
+    find_tracked_layers,
+    fit_curvature,
+    load_curvature,
+)
 
 from .tiny import neox, query_batch, token_data
 
@@ -97,5 +107,7 @@ def test_loading_kfac_factors_reproduces_the_fit(tmp_path):
     loaded = load_curvature(next(tmp_path.glob("kfac-*.safetensors")), model)
     q = query_batch(2, 3, 2)
     assert loaded.damping == fitted.damping
-    assert torch.equal(compute_scores(model, task, fitted, q, data).scores, compute_scores(model, task, loaded, q, data).scores)
+    assert torch.equal(
+        compute_scores(model, task, fitted, q, data).scores, compute_scores(model, task, loaded, q, data).scores
+    )
     assert os.listdir(tmp_path) == [next(tmp_path.glob("kfac-*")).name]

@@ -1,8 +1,9 @@
 """Block-diagonal Kronecker factors (curvature option num_blocks): exact against factors built by hand."""
+
 import pytest
 import torch
 
-from influence import LanguageModelTask, fit_curvature, find_tracked_layers
+from influence import LanguageModelTask, find_tracked_layers, fit_curvature
 from influence.capture import eval_mode, frozen_parameters
 from influence.curvature.factors import _blocks
 from influence.gradients import capture_pass
@@ -16,7 +17,9 @@ def _explicit_factors(model, task, data, layers):
         a, ds = capture_pass(model, task, layers, data, "true")
     mask = task.loss_mask(data)
     n = int(mask.sum())
-    return {l.name: (a[l.name][mask].T @ a[l.name][mask] / n, ds[l.name][mask].T @ ds[l.name][mask] / n) for l in layers}
+    return {
+        l.name: (a[l.name][mask].T @ a[l.name][mask] / n, ds[l.name][mask].T @ ds[l.name][mask] / n) for l in layers
+    }
 
 
 def _block_mask(dim: int, n: int) -> torch.Tensor:
@@ -60,13 +63,18 @@ def test_one_block_is_the_dense_default(setup):
 def test_block_diagonal_kfac_ihvp_is_the_explicit_inverse_of_the_block_kronecker_product(setup):
     model, task, data, layers, explicit = setup
     curv = fit_curvature(model, task, data, method="kfac", labels="true", num_blocks=2, batch_size=4)
-    v = {l.name: torch.randn(2, *l.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) for l in layers}
+    v = {
+        l.name: torch.randn(2, *l.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        for l in layers
+    }
     out = curv.ihvp(v)
     for l in layers:
         a, s = explicit[l.name]
         a, s = a * _block_mask(a.shape[0], 2), s * _block_mask(s.shape[0], 2)
         # row-major vec: (S ⊗ A) vec(V) = vec(S V A) for symmetric A; K-FAC scales by the mean tokens per sequence
-        g = curv.tokens_per_sequence * torch.kron(s, a) + curv.damping[l.name] * torch.eye(s.shape[0] * a.shape[0], dtype=torch.float64)
+        g = curv.tokens_per_sequence * torch.kron(s, a) + curv.damping[l.name] * torch.eye(
+            s.shape[0] * a.shape[0], dtype=torch.float64
+        )
         want = torch.linalg.solve(g, v[l.name].flatten(1).T).T.reshape(v[l.name].shape)
         assert torch.allclose(out[l.name], want, rtol=1e-8, atol=1e-10)
 

@@ -1,12 +1,12 @@
 """The extension contracts: curvature capabilities instead of names, a damping copy, the whole `info` kept through
 the factor cache, typed scan arguments, one capture loop, and `ScanResult.row`."""
+
 import dataclasses
 
 import pytest
 import torch
 
-from influence import (CURVATURES, InfluenceError, LanguageModelTask, ScanArguments, capture_batches, fit_curvature,
-                       scan)
+from influence import CURVATURES, InfluenceError, LanguageModelTask, ScanArguments, capture_batches, fit_curvature, scan
 from influence.curvature import get_curvature_class, register
 from influence.curvature.identity import Identity
 from influence.memory import MIB, layer_memory
@@ -16,8 +16,12 @@ from .tiny import neox, query_batch, token_data
 
 def test_methods_declare_what_they_keep_and_need():
     flags = {n: (c.stores_factors, c.uses_labels, c.cacheable) for n, c in CURVATURES.items()}
-    assert flags == {"ekfac": (True, True, True), "kfac": (True, True, True), "lissa": (False, True, False),
-                     "identity": (False, False, True)}
+    assert flags == {
+        "ekfac": (True, True, True),
+        "kfac": (True, True, True),
+        "lissa": (False, True, False),
+        "identity": (False, False, True),
+    }
     for name, cls in CURVATURES.items():  # the memory plan asks the method
         bytes_ = {k: round(v * MIB) for k, v in layer_memory((3, 5), 1, None, method=name).items() if k != "queries"}
         kept = cls.memory((3, 5))
@@ -44,7 +48,10 @@ def test_a_damping_copy_equals_a_fit_with_that_damping_and_leaves_the_original()
     lissa.ihvp({k: v[:1] for k, v in g.items()})
     assert lissa.diagnostics["solves"] == 1 and lissa.with_damping(own).diagnostics == {}
     assert ek.diagnostics == {} and ek.eigendecomposition("no.such.layer") is None
-    assert Identity.fit(model, task, data, ek.layers, Identity.config_class()).eigendecomposition(ek.layers[0].name) is None
+    assert (
+        Identity.fit(model, task, data, ek.layers, Identity.config_class()).eigendecomposition(ek.layers[0].name)
+        is None
+    )
 
 
 class Scaled(Identity):
@@ -83,10 +90,28 @@ def test_every_info_key_survives_the_factor_cache(tmp_path):
 def test_scan_takes_typed_arguments_or_the_same_keywords(tmp_path):
     model, task, data, q = neox(), LanguageModelTask(), token_data(11, 8), query_batch(2, 3, 2)
     curv = fit_curvature(model, task, data)
-    a = scan(model, task, curv, q, data, tmp_path / "a", ScanArguments(batch_size=3, chunk_batches=2, progress=False),
-             query_names=["x", "y"])
-    b = scan(model, task, curv, q, data, tmp_path / "b", query_names=["x", "y"], batch_size=3, chunk_batches=2,
-             progress=False)
+    a = scan(
+        model,
+        task,
+        curv,
+        q,
+        data,
+        tmp_path / "a",
+        ScanArguments(batch_size=3, chunk_batches=2, progress=False),
+        query_names=["x", "y"],
+    )
+    b = scan(
+        model,
+        task,
+        curv,
+        q,
+        data,
+        tmp_path / "b",
+        query_names=["x", "y"],
+        batch_size=3,
+        chunk_batches=2,
+        progress=False,
+    )
     assert torch.equal(a.scores, b.scores) and a.metadata == b.metadata
     assert torch.equal(a.row("y"), a.scores[1])
     with pytest.raises(InfluenceError, match="no query named 'z'"):

@@ -1,4 +1,5 @@
 """Two gloo processes give the factors, scores and top-k breakdowns of one process."""
+
 import os
 import socket
 from pathlib import Path
@@ -33,13 +34,20 @@ def _search(out: Path, method: str = "ekfac", **options):
     res = scan(model, task, curv, q, data, out / "scan", batch_size=4, chunk_batches=1, progress=False)
     _, rows = res.top_k(4)
     tops = top_k_breakdown(model, task, curv, q, data, rows, batch_size=3)
-    return {"state": curv.state(), "damping": curv.damping, "scores": res.scores, "layer_scores": res.layer_scores,
-            "rows": rows, "tops": [(t.scores, t.layer_scores, t.token_scores) for t in tops]}
+    return {
+        "state": curv.state(),
+        "damping": curv.damping,
+        "scores": res.scores,
+        "layer_scores": res.layer_scores,
+        "rows": rows,
+        "tops": [(t.scores, t.layer_scores, t.token_scores) for t in tops],
+    }
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     assert init_from_env()
     try:
         for name, options in FITS.items():

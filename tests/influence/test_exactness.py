@@ -1,4 +1,5 @@
 """EK-FAC, K-FAC and LiSSA against the damped Gauss–Newton/Fisher matrix built explicitly (spec §8)."""
+
 import math
 
 import pytest
@@ -39,7 +40,9 @@ def test_ekfac_and_kfac_equal_exact_damped_inverse_for_one_token():
     task = LanguageModelTask()
     data = token_data(1, 2, ragged=False)  # one sequence, one predicted token
     layers = find_tracked_layers(model)
-    assert [l.name for l in layers] == [f"gpt_neox.layers.{i}.mlp.{n}" for i in range(2) for n in ("dense_h_to_4h", "dense_4h_to_h")]
+    assert [l.name for l in layers] == [
+        f"gpt_neox.layers.{i}.mlp.{n}" for i in range(2) for n in ("dense_h_to_4h", "dense_4h_to_h")
+    ]
     rows = explicit_sequence_grads(model, task, layers, data, seed=3)
     q = query_gradients(model, task, layers, query_batch(3, 3, 2))
     for method in ("ekfac", "kfac"):
@@ -98,8 +101,13 @@ def test_lissa_converges_to_the_exact_damped_inverse_of_its_gauss_newton_product
             k += s
         return out
 
-    G = torch.stack([torch.cat([v.flatten() for v in gauss_newton_product(model, task, layers, data, unflat(e)).values()])
-                     for e in torch.eye(n, dtype=torch.float64)], 1)
+    G = torch.stack(
+        [
+            torch.cat([v.flatten() for v in gauss_newton_product(model, task, layers, data, unflat(e)).values()])
+            for e in torch.eye(n, dtype=torch.float64)
+        ],
+        1,
+    )
     assert torch.allclose(G, G.T, atol=1e-10 * float(G.abs().max()))
     lam_value = float(torch.linalg.eigvalsh(G).max()) / 10  # any damping works; this one keeps the test short
     M = G + lam_value * torch.eye(n, dtype=G.dtype)

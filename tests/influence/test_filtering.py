@@ -1,4 +1,5 @@
 """TF-IDF (modified BM25, Eqs. 28-29) filter: brute-force agreement, hand-computed scores, edge cases, bad input."""
+
 from __future__ import annotations
 
 import math
@@ -83,7 +84,9 @@ def test_count_mode_uses_k1(corpus):
     docs, vocab, queries = corpus
     for k1 in (0.5, 3.0):
         index = BM25Index.build(docs, vocab_size=vocab, mode="count", k1=k1)
-        np.testing.assert_allclose(index.scores(queries[0]), reference_scores(docs, queries[0], "count", k1), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            index.scores(queries[0]), reference_scores(docs, queries[0], "count", k1), rtol=0, atol=1e-12
+        )
     # binary mode: (k1+1)e/(k1+e) = e for e in {0, 1}, so k1 changes nothing
     a = BM25Index.build(docs, vocab_size=vocab, k1=0.3).scores(queries[4])
     b = BM25Index.build(docs, vocab_size=vocab, k1=9.0).scores(queries[4])
@@ -131,8 +134,12 @@ def test_three_document_example_by_hand():
     count = BM25Index.build(docs, vocab_size=6, mode="count")
     np.testing.assert_allclose(count.scores(q), [c0, c1, 0.0], rtol=0, atol=1e-12)
     # k1 = 0.5 in count mode: f(2) = 1.5*2/2.5 = 1.2, so D1 = log(1.6)*(1 + 2*1.2) + log(8/3)
-    np.testing.assert_allclose(BM25Index.build(docs, vocab_size=6, mode="count", k1=0.5).scores(q),
-                               [3 * idf2, idf2 * 3.4 + idf1, 0.0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        BM25Index.build(docs, vocab_size=6, mode="count", k1=0.5).scores(q),
+        [3 * idf2, idf2 * 3.4 + idf1, 0.0],
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def test_padded_tensor_with_mask_equals_lists():
@@ -147,8 +154,13 @@ def test_padded_tensor_with_mask_equals_lists():
         np.testing.assert_array_equal(a.scores(q), b.scores(q))
         np.testing.assert_array_equal(a.scores(q), c.scores(q))
     # queries as a padded batch with a mask (e.g. encode_queries output)
-    qs = b.top_k_many({"input_ids": torch.tensor([[2, 3, 3, 4], [1, 9, 9, 9]]),
-                       "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])}, 3)
+    qs = b.top_k_many(
+        {
+            "input_ids": torch.tensor([[2, 3, 3, 4], [1, 9, 9, 9]]),
+            "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]]),
+        },
+        3,
+    )
     assert [t.indices.tolist() for t in qs] == [[1, 0], [0]]
     # without the mask the padding id 0 would be a token of D0 and D2
     assert BM25Index.build(ids, vocab_size=6).doc_freq[0] == 2
@@ -230,7 +242,9 @@ def test_bad_input_is_one_line_influence_error():
     _raises(lambda: BM25Index.build([[1, 2], [3, 12]], vocab_size=10), "outside the vocabulary")
     _raises(lambda: BM25Index.build([[1, -1]]), "outside the vocabulary")
     _raises(lambda: BM25Index.build(torch.ones(2, 3), vocab_size=10), "integers")
-    _raises(lambda: BM25Index.build(torch.ones(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 4)), "attention_mask")
+    _raises(
+        lambda: BM25Index.build(torch.ones(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 4)), "attention_mask"
+    )
     _raises(lambda: BM25Index.build([[1]], mode="tfidf"), "mode")
     _raises(lambda: BM25Index.build([[1]], k1=-1.0), "k1")
     _raises(lambda: index.top_k([1], -3), "positive")

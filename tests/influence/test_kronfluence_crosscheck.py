@@ -14,6 +14,7 @@ How the two are made to compute the same thing:
 With true labels (ours `labels="true"`, kronfluence `use_empirical_fisher=True`) both compute the same
 numbers up to rounding. With sampled labels each draws its own labels, so only a high correlation is expected.
 """
+
 import copy
 import logging
 
@@ -64,7 +65,9 @@ class NeoXKronfluenceTask(KTask):
 
     def compute_measurement(self, batch, model):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["input_ids"][:, 1:].reshape(-1), reduction="none")
+        ce = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), batch["input_ids"][:, 1:].reshape(-1), reduction="none"
+        )
         comp = (batch["completion_mask"][:, 1:] * batch["attention_mask"][:, 1:]).reshape(-1)
         return (ce * comp).sum()
 
@@ -86,24 +89,46 @@ class DictDataset(torch.utils.data.Dataset):
         return {k: v[i] for k, v in self.tensors.items()}
 
 
-def kronfluence_scores(model, data, queries, out_dir, empirical: bool, seed: int = 0, keyed_labels: bool = False,
-                       task_class=NeoXKronfluenceTask):
+def kronfluence_scores(
+    model,
+    data,
+    queries,
+    out_dir,
+    empirical: bool,
+    seed: int = 0,
+    keyed_labels: bool = False,
+    task_class=NeoXKronfluenceTask,
+):
     names = [l.name for l in find_tracked_layers(model)]
     ktask = task_class(names, keyed_labels)
     kmodel = prepare_model(copy.deepcopy(model), ktask)
-    analyzer = Analyzer("crosscheck", kmodel, ktask, cpu=True, log_level=logging.WARNING,
-                        disable_tqdm=True, output_dir=str(out_dir))
+    analyzer = Analyzer(
+        "crosscheck", kmodel, ktask, cpu=True, log_level=logging.WARNING, disable_tqdm=True, output_dir=str(out_dir)
+    )
     if keyed_labels:
         data = {**data, "index": torch.arange(data["input_ids"].shape[0])}
     f64 = torch.float64
-    fargs = FactorArguments(strategy="ekfac", use_empirical_fisher=empirical, activation_covariance_dtype=f64,
-                            gradient_covariance_dtype=f64, eigendecomposition_dtype=f64,
-                            per_sample_gradient_dtype=f64, lambda_dtype=f64)
+    fargs = FactorArguments(
+        strategy="ekfac",
+        use_empirical_fisher=empirical,
+        activation_covariance_dtype=f64,
+        gradient_covariance_dtype=f64,
+        eigendecomposition_dtype=f64,
+        per_sample_gradient_dtype=f64,
+        lambda_dtype=f64,
+    )
     sargs = ScoreArguments(damping_factor=None, per_sample_gradient_dtype=f64, precondition_dtype=f64, score_dtype=f64)
     torch.manual_seed(seed)  # kronfluence's own label sampling (torch.multinomial above)
     analyzer.fit_all_factors("f", DictDataset(data), per_device_batch_size=16, factor_args=fargs)
-    analyzer.compute_pairwise_scores("s", "f", DictDataset(queries), DictDataset(data), per_device_query_batch_size=N_QUERY,
-                                     per_device_train_batch_size=16, score_args=sargs)
+    analyzer.compute_pairwise_scores(
+        "s",
+        "f",
+        DictDataset(queries),
+        DictDataset(data),
+        per_device_query_batch_size=N_QUERY,
+        per_device_train_batch_size=16,
+        score_args=sargs,
+    )
     return analyzer.load_pairwise_scores("s")["all_modules"].double()
 
 

@@ -1,4 +1,5 @@
 """The memory plan's arithmetic, on layer shapes small enough to count by hand."""
+
 import pytest
 
 from influence import InfluenceError
@@ -11,16 +12,28 @@ def _bytes(mem):
 
 def test_one_layer_counted_by_hand():
     # P=3 outputs, M+1=5 inputs: A 5x5, S 3x3, Q_A + Q_S, Λ 3x5 in float64; 2 queries' 3x5 gradients in float32
-    assert _bytes(layer_memory((3, 5), 2, None)) == {"A": 200, "S": 72, "eigenvectors": 272, "lambda": 120,
-                                                     "queries": 120, "total": 784}
+    assert _bytes(layer_memory((3, 5), 2, None)) == {
+        "A": 200,
+        "S": 72,
+        "eigenvectors": 272,
+        "lambda": 120,
+        "queries": 120,
+        "total": 784,
+    }
     # rank 1 < min(3, 5): r(P+M) floats per query
     assert _bytes(layer_memory((3, 5), 2, 1))["queries"] == 64
     # 2 blocks: A's blocks 2+3 (4+9 floats), S's 2+1 (4+1 floats); eigenvectors are stored dense
     blocks = _bytes(layer_memory((3, 5), 2, None, num_blocks=2))
     assert (blocks["A"], blocks["S"], blocks["eigenvectors"]) == (104, 40, 272)
     # methods without Kronecker factors keep only the query gradients
-    assert _bytes(layer_memory((3, 5), 2, None, method="lissa")) == {"A": 0, "S": 0, "eigenvectors": 0, "lambda": 0,
-                                                                     "queries": 120, "total": 120}
+    assert _bytes(layer_memory((3, 5), 2, None, method="lissa")) == {
+        "A": 0,
+        "S": 0,
+        "eigenvectors": 0,
+        "lambda": 0,
+        "queries": 120,
+        "total": 120,
+    }
 
 
 def test_plan_totals_and_table():

@@ -1,4 +1,5 @@
 """Mixed precision (bf16/fp16 autocast on CPU): factors stay float32/float64, finite, and close to the float32 fit."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """The streaming scan: same scores as the one-shot path, resumable after SIGKILL, refusing foreign checkpoints."""
+
 import os
 import signal
 import subprocess
@@ -28,8 +29,18 @@ def test_scan_matches_compute_scores_and_breakdowns_sum(tmp_path):
     assert len(list(tmp_path.glob("chunk-*.safetensors"))) == 5
     assert torch.allclose(res.layer_scores, ref.layer_scores.permute(0, 2, 1).float(), rtol=1e-5, atol=1e-9)
     # a finished scan read back again: same scores, layers included, without recomputing the query gradients
-    again = scan(model, task, curv, q, data, tmp_path, batch_size=4, chunk_batches=2, progress=False,
-                 preconditioned={"never": "used"})
+    again = scan(
+        model,
+        task,
+        curv,
+        q,
+        data,
+        tmp_path,
+        batch_size=4,
+        chunk_batches=2,
+        progress=False,
+        preconditioned={"never": "used"},
+    )
     assert torch.equal(again.scores, res.scores) and torch.equal(again.layer_scores, res.layer_scores)
     values, rows = res.top_k(5)
     assert torch.equal(rows, res.indices[torch.topk(res.scores, 5).indices])
@@ -74,15 +85,23 @@ def test_spurious_flag_marks_influence_sitting_on_few_tokens():
     tokens = torch.zeros(2, 1, 6)
     tokens[0, 0] = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # spread: ratio 1/sqrt(6) = 0.41
     tokens[1, 0] = torch.tensor([5.0, 0.1, 0.0, 0.0, 0.1, 0.0])  # one token: ratio ~0.96
-    t = TopBreakdown(rows=torch.tensor([0, 1]), scores=tokens.sum((1, 2)), layer_scores=tokens.sum(2), token_scores=tokens)
+    t = TopBreakdown(
+        rows=torch.tensor([0, 1]), scores=tokens.sum((1, 2)), layer_scores=tokens.sum(2), token_scores=tokens
+    )
     assert t.spurious.tolist() == [False, True]
-    assert abs(float(t.sparsity_ratio[0]) - 6 ** -0.5) < 1e-6
+    assert abs(float(t.sparsity_ratio[0]) - 6**-0.5) < 1e-6
 
 
 def _child(out, mode):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tests.influence.scan_child", str(out), mode], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.influence.scan_child", str(out), mode],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_a_scan_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
@@ -115,6 +134,7 @@ def test_a_write_that_fails_for_lack_of_space_leaves_no_corrupt_file(tmp_path):
     assert "could not write" in line and "free disk space" in line and "chunk-000000" in line
     # whatever was written is whole: every remaining file loads, and no temporary file is left
     from influence.storage import load_tensors
+
     for p in out.iterdir():
         assert not p.name.startswith("."), p
         if p.suffix == ".safetensors":

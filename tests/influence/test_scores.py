@@ -1,4 +1,5 @@
 """Scores: breakdowns that sum, architecture independence, sign by finite differences, self-influence."""
+
 import copy
 
 import pytest
@@ -155,8 +156,8 @@ def test_low_rank_queries_score_like_their_dense_truncation_and_full_rank_is_exa
     r2 = compute_scores(model, task, curv, q, data, query_rank=2, per_token=True)
     assert torch.allclose(r2.token_totals.sum(-1), r2.scores, rtol=1e-10, atol=1e-12)
     # the rank-2 scores are exactly the scores of the rank-2 truncated dense matrices
-    from influence.scoring import precondition_queries, score_captured
     from influence.gradients import capture_pass
+    from influence.scoring import precondition_queries, score_captured
 
     pre = precondition_queries(model, task, curv, q)
     dense2 = {k: truncate(v, 2).dense() for k, v in pre.items()}

@@ -1,8 +1,16 @@
 """Non-LM tasks go through the same fitting and scoring code; block-diagonal factors keep their structure."""
+
 import torch
 from torch import nn
 
-from influence import ClassificationTask, LanguageModelTask, RegressionTask, compute_scores, find_tracked_layers, fit_curvature
+from influence import (
+    ClassificationTask,
+    LanguageModelTask,
+    RegressionTask,
+    compute_scores,
+    find_tracked_layers,
+    fit_curvature,
+)
 
 from .tiny import neox, query_batch, token_data
 
@@ -68,6 +76,7 @@ def test_block_diagonal_factors():
 
 def test_closed_form_lm_loss_gradient_equals_autograd_with_padding_and_sampled_labels():
     import torch
+
     from influence import LanguageModelTask
 
     task = LanguageModelTask()

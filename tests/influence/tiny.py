@@ -1,20 +1,38 @@
 """Tiny causal LMs and data built inside the tests (random init, no downloads)."""
+
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
 
 def neox(vocab=32, hidden=8, inter=16, layers=2, heads=2, ctx=32, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
-    cfg = GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                        num_attention_heads=heads, max_position_embeddings=ctx, hidden_dropout=0.0,
-                        attention_dropout=0.0, attn_implementation="sdpa")
+    cfg = GPTNeoXConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=ctx,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        attn_implementation="sdpa",
+    )
     return GPTNeoXForCausalLM(cfg).to(dtype).eval()
 
 
 def gpt2(vocab=32, hidden=8, layers=2, heads=2, ctx=32, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=ctx,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa")
+    cfg = GPT2Config(
+        vocab_size=vocab,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        n_positions=ctx,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        attn_implementation="sdpa",
+    )
     return GPT2LMHeadModel(cfg).to(dtype).eval()
 
 
