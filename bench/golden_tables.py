@@ -177,7 +177,8 @@ def main() -> None:
     for u in uncovered:
         print(f"NOT COVERED: preset {u} has no entry in PRESETS (add one and `record --only {u}`)")
     n = sum(map(len, digests.values()))
-    print(f"{n - len(bad)} of {n} tables identical; {len(created)} cache files created in a reused output directory")
+    reuse = f"; {len(created)} cache files created in the reused output directory" if before else " (fresh caches)"
+    print(f"{n - len(bad)} of {n} tables identical{reuse}")
     sys.exit(1 if bad or created else 0)
 
 

@@ -13,11 +13,11 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from influence import InfluenceError
+
+from .pipeline.components import build_component
 
 log = logging.getLogger(__name__)
 
@@ -120,18 +120,7 @@ def run_name(cfg: DictConfig) -> str:
 
 def make_tracker(cfg: DictConfig):
     """The tracker `cfg.logger` configures (its `_target_` with its options); a bad config fails here, before any work."""
-    try:
-        tracker = instantiate(cfg.logger, _convert_="all")
-    except InstantiationException as e:
-        if isinstance(e.__cause__, InfluenceError):
-            raise e.__cause__ from None
-        raise InfluenceError(
-            f"logger: {str(e).splitlines()[0]} {str(e.__cause__ or '')}: "
-            "choose a tracker with logger=wandb or logger=none, with its options"
-        ) from e
-    if not callable(getattr(tracker, "log_run", None)):
-        raise InfluenceError("logger has no _target_: choose a tracker with logger=wandb or logger=none")
-    return tracker
+    return build_component(cfg.logger, "logger", "log_run", "logger=wandb or logger=none")
 
 
 def log_safely(tracker, run_dir: Path, cfg: DictConfig, tables: dict, figures: list[Path], summary: dict) -> bool:

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from influence import InfluenceError
 from influence.filtering import BM25Index
+
+from .components import build_component
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +94,4 @@ class BM25Filter:
 
 def make_filter(cfg: DictConfig):
     """The filter `cfg.filter` configures (its `_target_` with its options); a bad config fails here."""
-    try:
-        filt = instantiate(cfg.filter, _convert_="all")
-    except InstantiationException as e:
-        if isinstance(e.__cause__, InfluenceError):
-            raise e.__cause__ from None
-        raise InfluenceError(
-            f"filter: {str(e).splitlines()[0]} {str(e.__cause__ or '')}: "
-            "choose a filter with filter=none or filter=tfidf, with its options"
-        ) from e
-    if not callable(getattr(filt, "candidates", None)):
-        raise InfluenceError("filter has no _target_: choose a filter with filter=none or filter=tfidf")
-    return filt
+    return build_component(cfg.filter, "filter", "candidates", "filter=none or filter=tfidf")
