@@ -73,7 +73,7 @@ def main(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     if cfg.score.num_threads:
         torch.set_num_threads(int(cfg.score.num_threads))
     join_ranks(cfg)
-    name = str(cfg.get("study", "top_influences"))
+    name = str(cfg.study)
     if name == "paper":  # every study, each in its own folder, and one report with the scorecard
         tracker = make_tracker(cfg) if distributed.is_main() else None
         run_dir, overrides = run_directory(cfg)
