@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from analysis.scorecard import scorecard, scorecard_summary
@@ -30,14 +28,13 @@ from embedded.world import build_world_ranked
 from influence import InfluenceError, distributed
 
 from .pipeline.outputs import write_tables
+from .pipeline.sweep import compose_config
 from .pipeline.timing import take, timed
 from .report import publish, write_paper_report
 from .studies import Study, get_study, option, paper_studies, read_options
 from .tracking import log_safely
 
 log = logging.getLogger(__name__)
-
-CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 @dataclass
@@ -109,17 +106,10 @@ def _applies(preset: DictConfig, override: str) -> bool:
 _ABSENT = object()
 
 
-def _compose(overrides: list[str]) -> DictConfig:
-    if GlobalHydra.instance().is_initialized():  # inside `python -m experiments.run`: the app's own search path
-        return compose(config_name="config", overrides=overrides)
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        return compose(config_name="config", overrides=overrides)
-
-
 @functools.lru_cache(maxsize=None)
 def _preset(study: str) -> DictConfig:
     """A study's config as its preset alone composes it (read-only: which keys it has)."""
-    return _compose([f"experiment={study}"])
+    return compose_config([f"experiment={study}"])
 
 
 def study_overrides(study: str, cfg: DictConfig, overrides: list[str]) -> list[str]:
@@ -177,7 +167,7 @@ def plan_sections(studies: list[Study], cfg: DictConfig, overrides: list[str]) -
     for study in studies:
         section = Section(study.name, study.title, study.where, overrides=study_overrides(study.name, cfg, overrides))
         try:
-            section.config = _compose(section.overrides)
+            section.config = compose_config(section.overrides)
             get_study(str(section.config.study)).read_options(section.config)
         except Exception as e:  # noqa: BLE001 (a composition or option error of any section stops the paper now)
             problems.append(f"{study.name}: {_first_line(e)}")
