@@ -6,6 +6,7 @@ What to draw is data: a study lists `FigureSpec`s (file stem, drawing function, 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +57,23 @@ def save(fig, path_stem: str | Path) -> list[Path]:
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    for p in paths:
-        fig.savefig(p, bbox_inches="tight", dpi=150)
-    plt.close(fig)
+    try:
+        for p in paths:
+            _replace_atomically(p, lambda tmp, p=p: fig.savefig(tmp, bbox_inches="tight", dpi=150, format=p.suffix[1:]))
+    finally:
+        plt.close(fig)
     return paths
+
+
+def _replace_atomically(path: Path, write) -> None:
+    """`write(tmp)` beside `path`, then rename: a kill while drawing leaves no 0-byte figure under its name."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _safe(name: str) -> str:
@@ -70,7 +84,7 @@ def _save_drawn(drawn, stem: Path) -> list[Path]:
     if isinstance(drawn, str):
         stem.parent.mkdir(parents=True, exist_ok=True)
         path = stem.with_suffix(".html")
-        path.write_text(drawn, encoding="utf-8")
+        _replace_atomically(path, lambda tmp: tmp.write_text(drawn, encoding="utf-8"))
         return [path]
     if isinstance(drawn, dict):
         return [p for k, fig in drawn.items() for p in save(fig, stem.parent / f"{stem.name}_{_safe(k)}")]

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from influence.errors import InfluenceError
-from influence.storage import atomic_dir
+from influence.storage import CorruptFileError, atomic_dir, check_dir
 
 from . import corpus as corpus_mod
 from .corpus import datasheet
@@ -20,6 +22,8 @@ from .fingerprint import fingerprint
 from .local_data import load_local_texts
 from .sequences import chunk_stream, document_rows, encode
 from .tokenizer import load_tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
 
 # data keys that change the generated corpus (seq_len does not: it only cuts rows)
 CORPUS_KEYS = ("seed", "n_docs", "mix", "quote_copies", "val_fraction", "n_heldout", "translated_fraction")
@@ -84,23 +88,15 @@ def _prepare_embedded(cfg: DictConfig, tokenizer, seq_len: int) -> Prepared:
     vocab = int(cfg.data.vocab_size)
     cfp = fingerprint(corpus_cfg, vocab)
     cdir = output_root(cfg) / "corpora" / f"embedded-{cfp}"
-    if not (cdir / "train.parquet").exists():
-        corpus = generate_corpus(cfg)
-        with atomic_dir(cdir) as tmp:
-            train_df, val_df = pd.DataFrame(corpus.train), pd.DataFrame(corpus.val)
-            tok = train_tokenizer(train_df["text"].tolist(), vocab)
-            tok.save_pretrained(str(tmp / "tokenizer"))
-            train_df["n_tokens"] = [len(r) for r in encode(tok, train_df["text"].tolist())]
-            val_df["n_tokens"] = [len(r) for r in encode(tok, val_df["text"].tolist())]
-            train_df.to_parquet(tmp / "train.parquet")
-            val_df.to_parquet(tmp / "val.parquet")
-            for name, facts in (("facts", corpus.facts), ("heldout_facts", corpus.heldout)):
-                (tmp / f"{name}.jsonl").write_text("".join(json.dumps(dataclasses.asdict(f)) + "\n" for f in facts))
-            (tmp / "datasheet.md").write_text(datasheet.render(train_df, val_df, corpus, corpus_cfg, vocab))
-    train_df = pd.read_parquet(cdir / "train.parquet")
-    val_df = pd.read_parquet(cdir / "val.parquet")
-    facts, heldout = (_read_facts(cdir / f"{n}.jsonl") for n in ("facts", "heldout_facts"))
-    tok = tokenizer if tokenizer is not None else load_tokenizer(str(cdir / "tokenizer"))
+    if not _usable(cdir, "the corpus is generated again"):
+        _write_corpus(cfg, cdir, corpus_cfg, vocab)
+    try:
+        train_df, val_df, facts, heldout, tok = _read_corpus(cdir, tokenizer)
+    except CorruptFileError as e:  # unreadable though its checksums match: written corrupt by an older version
+        log.warning("%s", e)
+        shutil.rmtree(cdir, ignore_errors=True)
+        _write_corpus(cfg, cdir, corpus_cfg, vocab)
+        train_df, val_df, facts, heldout, tok = _read_corpus(cdir, tokenizer)
     eos = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
     texts = train_df["text"].tolist()
     rows, cut = document_rows(encode(tok, texts), eos, seq_len)
@@ -115,6 +111,58 @@ def _prepare_embedded(cfg: DictConfig, tokenizer, seq_len: int) -> Prepared:
     )
 
 
+def _read_corpus(cdir: Path, tokenizer):
+    """The cached corpus's (train, val, facts, held-out facts, tokenizer); unreadable files raise CorruptFileError."""
+    current = cdir / "train.parquet"
+    try:
+        train_df = pd.read_parquet(current)
+        current = cdir / "val.parquet"
+        val_df = pd.read_parquet(current)
+        facts, heldout = [], []
+        for name, out in (("facts", facts), ("heldout_facts", heldout)):
+            current = cdir / f"{name}.jsonl"
+            out.extend(_read_facts(current))
+        current = cdir / "tokenizer"
+        tok = tokenizer if tokenizer is not None else load_tokenizer(str(current))
+    except (OSError, ValueError, TypeError, KeyError, InfluenceError) as e:
+        raise CorruptFileError(
+            current,
+            f"cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+            "the corpus is generated again",
+        ) from None
+    return train_df, val_df, facts, heldout, tok
+
+
+def _usable(directory: Path, redo: str) -> bool:
+    """Whether a cached directory exists and its files match their checksums; a corrupt one is deleted (its
+    content is regenerated, deterministically, by the caller)."""
+    if not directory.exists():
+        return False
+    try:
+        check_dir(directory, redo)
+        return True
+    except CorruptFileError as e:
+        log.warning("%s", e)
+        shutil.rmtree(directory, ignore_errors=True)
+        return False
+
+
+def _write_corpus(cfg: DictConfig, cdir: Path, corpus_cfg: dict, vocab: int) -> None:
+    """Generate the embedded corpus, train its tokenizer, and write both with the datasheet, atomically."""
+    corpus = generate_corpus(cfg)
+    with atomic_dir(cdir) as tmp:
+        train_df, val_df = pd.DataFrame(corpus.train), pd.DataFrame(corpus.val)
+        tok = train_tokenizer(train_df["text"].tolist(), vocab)
+        tok.save_pretrained(str(tmp / "tokenizer"))
+        train_df["n_tokens"] = [len(r) for r in encode(tok, train_df["text"].tolist())]
+        val_df["n_tokens"] = [len(r) for r in encode(tok, val_df["text"].tolist())]
+        train_df.to_parquet(tmp / "train.parquet")
+        val_df.to_parquet(tmp / "val.parquet")
+        for name, facts in (("facts", corpus.facts), ("heldout_facts", corpus.heldout)):
+            (tmp / f"{name}.jsonl").write_text("".join(json.dumps(dataclasses.asdict(f)) + "\n" for f in facts))
+        (tmp / "datasheet.md").write_text(datasheet.render(train_df, val_df, corpus, corpus_cfg, vocab))
+
+
 def _read_facts(path: Path) -> list:
     return [Fact(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
@@ -127,7 +175,7 @@ def _prepare_local(cfg: DictConfig, tokenizer, seq_len: int) -> Prepared:
     tok_id = "trained"
     if tokenizer is None:
         tdir = output_root(cfg) / "corpora" / f"local-{lfp}" / "tokenizer"
-        if not tdir.exists():
+        if not _usable(tdir, "the tokenizer is trained again"):
             with atomic_dir(tdir) as tmp:
                 train_tokenizer(texts, vocab).save_pretrained(str(tmp))
         tokenizer = load_tokenizer(str(tdir))

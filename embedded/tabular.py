@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from influence import ClassificationTask, InfluenceError, RegressionTask, find_tracked_layers
-from influence.storage import load_tensors, save_tensors
+from influence.storage import CorruptFileError, load_tensors, save_tensors
 
 from .fingerprint import fingerprint
 
@@ -159,6 +159,18 @@ def _metrics(problem_kind: str, model: MLP, task, data: dict) -> dict:
         }
 
 
+def _cached_model(path: Path, model) -> dict | None:
+    """Load the model saved at `path` into `model` and return its training stats; None (retrain) if it is corrupt."""
+    try:
+        tensors, meta = load_tensors(path, require_checksum=True, fix="the model is retrained")
+    except CorruptFileError as e:
+        log.warning("%s", e)
+        return None
+    model.load_state_dict(tensors)
+    log.info("reusing tabular model %s", path)
+    return json.loads(meta["training"])
+
+
 def build_tabular(
     name: str,
     output_dir: str | Path | None = None,
@@ -208,12 +220,8 @@ def build_tabular(
     torch.manual_seed(seed)
     model = MLP(train["x"].shape[1], hidden, out_dim, spec["activation"]).double()
     path = Path(output_dir) / "models" / "tabular" / f"{name}-{key}.safetensors" if output_dir is not None else None
-    if path is not None and path.exists():
-        tensors, meta = load_tensors(path)
-        model.load_state_dict(tensors)
-        stats = json.loads(meta["training"])
-        log.info("reusing tabular model %s", path)
-    else:
+    stats = _cached_model(path, model) if path is not None and path.exists() else None
+    if stats is None:
         stats = _train(model, task, train, float(spec["weight_decay"]), max_iter, grad_tol)
         log.info(
             "trained %s MLP %s in %.1fs (%d iterations, largest gradient entry %.2g)",

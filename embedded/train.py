@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
+from transformers import AutoModelForCausalLM
 
 from influence.errors import InfluenceError
-from influence.storage import atomic_dir, atomic_write_text
+from influence.storage import atomic_dir, atomic_write_text, check_dir, write_failure
 
 from . import recall
 from .corpus import quotes as quotes_mod
@@ -185,6 +188,7 @@ def train_and_save(cfg: DictConfig, prep: Prepared | None = None) -> Path:
         torch.set_num_threads(int(threads))
     tok = prep.tokenizer
     model = build_model(mcfg, len(tok), tok.eos_token_id, int(cfg.seed))
+    check_room(out.parent, 2 * sum(p.numel() * p.element_size() for p in model.parameters()) + (16 << 20))
     report, curve = train(model, prep, mcfg.train, seq_len, int(cfg.seed), desc=f"{mcfg.name} seed={cfg.seed}")
     report = (
         {
@@ -200,14 +204,44 @@ def train_and_save(cfg: DictConfig, prep: Prepared | None = None) -> Path:
         | report
         | checks(model, prep)
     )
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        curve.to_csv(tmp / "curve.csv", index=False)
-        (tmp / "training.json").write_text(json.dumps(report, indent=2, default=str))
-        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["model", "data", "seed"])))
-    append_summary(out.parent / "summary.jsonl", report)
+    try:
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
+            curve.to_csv(tmp / "curve.csv", index=False)
+            (tmp / "training.json").write_text(json.dumps(report, indent=2, default=str))
+            (tmp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["model", "data", "seed"])))
+        append_summary(out.parent / "summary.jsonl", report)
+    except OSError as e:
+        raise write_failure(e.filename or out, e) from None
     return out
+
+
+def check_room(directory: Path, need: int) -> None:
+    """Refuse to start work whose result cannot be saved: `directory` must be writable with `need` bytes free."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-")
+        probe.close()
+    except OSError as e:
+        raise write_failure(directory, e) from None
+    free = shutil.disk_usage(directory).free
+    if free < need:
+        raise InfluenceError(
+            f"{directory} has {free / 2**20:.0f} MiB free but the trained model needs about {need / 2**20:.0f} MiB: "
+            "free disk space or choose another paths.output_dir before training"
+        )
+
+
+def load_trained_model(out: Path):
+    """The trained model saved in `out`, in eval mode, after checking its files against their checksums."""
+    check_dir(out, f"delete {out} to train the model again")
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).float().eval()
+    except (OSError, ValueError, RuntimeError) as e:
+        raise InfluenceError(
+            f"{out} holds no loadable model ({str(e).splitlines()[0]}): delete it to train the model again"
+        ) from None
 
 
 def append_summary(path: Path, report: dict) -> None:

@@ -26,8 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from analysis.scorecard import scorecard, scorecard_summary
 from embedded.world import build_world_ranked
 from influence import InfluenceError, distributed
+from influence.storage import atomic_write_text
 
-from .pipeline.outputs import write_tables
+from .pipeline.outputs import staged, write_tables
 from .pipeline.sweep import compose_config
 from .pipeline.timing import take, timed
 from .report import publish, write_paper_report
@@ -189,9 +190,8 @@ def run_section(section: Section, run_dir: Path, worlds: Worlds) -> Section:
         with distributed.collectively():  # under torchrun a failure on any rank fails the section on all
             tables = study(sub, worlds.get(sub))
         if distributed.is_main():  # every rank computed; rank 0 writes
-            section.directory.mkdir(parents=True, exist_ok=True)
-            (section.directory / "config.yaml").write_text(OmegaConf.to_yaml(sub), encoding="utf-8")
             section.figures, _ = publish(section.directory, section.study, section.overrides, tables)
+            atomic_write_text(section.directory / "config.yaml", OmegaConf.to_yaml(sub))
         section.tables, section.status = tables, "ok"
     except InfluenceError as e:
         section.status = f"failed: {e}"
@@ -228,8 +228,10 @@ def run_paper(cfg: DictConfig, run_dir: Path, overrides: list[str], tracker) -> 
     tables = {"scorecard": card, "timings": timings, "stage_timings": stages, "_summary": pd.DataFrame([summary])}
     if not distributed.is_main():
         return Path(run_dir) / "report.md", card
-    write_tables(tables, Path(run_dir))
-    report = write_paper_report(Path(run_dir), overrides, sections, card, timings)
+    with staged(Path(run_dir)) as tmp:
+        write_tables(tables, tmp)
+        write_paper_report(tmp, overrides, sections, card, timings, run_dir=Path(run_dir))
+    report = Path(run_dir) / "report.md"
     figures = [p for s in sections for p in s.figures]
     log_safely(
         tracker,

@@ -9,7 +9,7 @@ import pandas as pd
 from analysis.figures import draw_figures
 from influence.storage import atomic_write
 
-from .pipeline.outputs import write_tables
+from .pipeline.outputs import staged, write_tables
 from .studies import Study, get_study
 
 
@@ -29,11 +29,15 @@ def markdown_table(df: pd.DataFrame, max_rows: int = 15, max_chars: int = 60) ->
 
 
 def publish(run_dir: Path, study: str | Study, overrides: list[str], tables: dict) -> tuple[list[Path], Path]:
-    """A study's results into its run directory: the tables, then its figures drawn from them, then report.md."""
+    """A study's results into its run directory: the tables, then its figures drawn from them, then report.md,
+    moved into place together once all are written (`staged`)."""
     study = get_study(study) if isinstance(study, str) else study
-    write_tables(tables, run_dir)
-    figures = draw_figures(study.figures, tables, run_dir)
-    return figures, write_report(run_dir, study.name, overrides, tables, figures, long=study.long_tables)
+    run_dir = Path(run_dir)
+    with staged(run_dir) as tmp:
+        write_tables(tables, tmp)
+        figures = draw_figures(study.figures, tables, tmp)
+        write_report(tmp, study.name, overrides, tables, figures, long=study.long_tables)
+    return [run_dir / p.relative_to(tmp) for p in figures], run_dir / "report.md"
 
 
 def write_report(
@@ -123,13 +127,20 @@ def _summary_lines(tables: dict) -> list[str]:
 
 
 def write_paper_report(
-    run_dir: Path, overrides: list[str], sections: list, card: pd.DataFrame, timings: pd.DataFrame
+    out_dir: Path,
+    overrides: list[str],
+    sections: list,
+    card: pd.DataFrame,
+    timings: pd.DataFrame,
+    run_dir: Path | None = None,
 ) -> Path:
-    """`report.md` and a self-contained `report.html` (figures inline) for `experiment=paper`, in the paper's order."""
+    """`report.md` and a self-contained `report.html` (figures inline) for `experiment=paper`, in the paper's order,
+    written into `out_dir` (a staging directory of `run_dir`, which figure links are relative to)."""
     import base64
     import html
 
-    run_dir = Path(run_dir)
+    out_dir = Path(out_dir)
+    run_dir = Path(run_dir) if run_dir is not None else out_dir
     shown = card.drop(columns=["value"])
     md = [
         "# Studying LLM generalization with influence functions: the whole paper at the embedded scale",
@@ -187,7 +198,7 @@ def write_paper_report(
     )
     head = f"<meta charset='utf-8'><title>influence-studies: paper</title><style>{style}</style>"
     page = f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>"
-    atomic_write(run_dir / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
-    path = run_dir / "report.md"
+    atomic_write(out_dir / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    path = out_dir / "report.md"
     atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(md), encoding="utf-8"))
     return path

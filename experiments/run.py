@@ -19,9 +19,11 @@ from omegaconf import DictConfig
 
 from embedded.world import build_world_ranked
 from influence import InfluenceError, distributed
+from influence.storage import DISK_ERRNOS, write_failure
 
 from .paper import run_paper
 from .pipeline.options import check as check_options
+from .pipeline.outputs import begin_run, check_writable, end_run
 from .report import publish
 from .studies import get_study
 from .tracking import log_safely, make_tracker
@@ -68,36 +70,64 @@ def join_ranks(cfg: DictConfig) -> None:
 
 
 def main(cfg: DictConfig) -> dict[str, pd.DataFrame]:
-    """Run the configured study; write its tables, figures and report.md; mirror them to the tracker."""
+    """Run the configured study; write its tables, figures and report.md; mirror them to the tracker.
+
+    Everything that can be checked without work is checked first (options, study options, the tracker, that the
+    output directories are writable); then the run claims its directory (`status.json`: running), and marks it
+    complete, or failed with the error, when it ends. A killed run keeps "running" with a pid that is gone."""
     check_options(cfg)  # a bad score, scale or layers option fails before any work
+    name = str(cfg.study)
+    study = None if name == "paper" else get_study(name)
+    if study is not None:
+        study.read_options(cfg)  # a misspelt or invalid `<study>.*` option fails before any work
     if cfg.score.num_threads:
         torch.set_num_threads(int(cfg.score.num_threads))
     join_ranks(cfg)
-    name = str(cfg.study)
-    if name == "paper":  # every study, each in its own folder, and one report with the scorecard
-        tracker = make_tracker(cfg) if distributed.is_main() else None
-        run_dir, overrides = run_directory(cfg)
+    tracker = make_tracker(cfg) if distributed.is_main() else None  # a bad logger config fails before any work
+    run_dir, overrides = run_directory(cfg)
+    if not distributed.is_main():  # rank 0 claims the run directory, writes and logs the results every rank computed
+        return _run(cfg, study, run_dir, overrides, tracker)
+    check_writable([run_dir, *output_directories(cfg)])
+    begin_run(run_dir, name, overrides)
+    try:
+        tables = _run(cfg, study, run_dir, overrides, tracker)
+    except BaseException as e:
+        end_run(run_dir, one_line(e))
+        raise
+    end_run(run_dir)
+    return tables
+
+
+def output_directories(cfg: DictConfig) -> list[Path]:
+    """The output directory and the caches below it that exist (models, corpora, factors, scans)."""
+    root = Path(str(cfg.paths.output_dir))
+    return [root, *(root / d for d in ("models", "corpora", "factors", "scans") if (root / d).exists())]
+
+
+def one_line(e: BaseException) -> str:
+    first = str(e).splitlines()[0] if str(e) else ""
+    return first if isinstance(e, InfluenceError) else f"{type(e).__name__}: {first}"
+
+
+def _run(cfg: DictConfig, study, run_dir: Path, overrides: list[str], tracker) -> dict[str, pd.DataFrame]:
+    if study is None:  # experiment=paper: every study, each in its own folder, and one report with the scorecard
         report, card = run_paper(cfg, run_dir, overrides, tracker)
         if not distributed.is_main():
             return {"scorecard": card}
         print(card[["study", "finding", "measured", "reproduced"]].to_string(index=False))
         print(f"\npaper: results in {run_dir} (report: {report}, {report.with_suffix('.html')})")
         return {"scorecard": card}
-    study = get_study(name)
-    study.read_options(cfg)  # a misspelt or invalid `<study>.*` option fails before any work
-    tracker = make_tracker(cfg) if distributed.is_main() else None  # a bad logger config fails before any work
     world = build_world_ranked(cfg)  # rank 0 trains (or prepares) the world first; the others then load it
     world.model.to(cfg.score.device)
     tables = study(cfg, world)
-    if not distributed.is_main():  # rank 0 writes and logs the results every rank computed
+    if not distributed.is_main():
         return tables
-    run_dir, overrides = run_directory(cfg)
-    figures, report = publish(run_dir, name, overrides, tables)
+    figures, report = publish(run_dir, study.name, overrides, tables)
     summary = tables["_summary"].iloc[0].to_dict() if "_summary" in tables else {}
     log_safely(tracker, run_dir, cfg, tables, figures, {**summary, "model": world.name})
-    if "top_influences" in tables and name == "top_influences":
+    if "top_influences" in tables and study.name == "top_influences":
         print_top(tables["top_influences"])
-    print(f"\n{name}: results in {run_dir} (report: {report})")
+    print(f"\n{study.name}: results in {run_dir} (report: {report})")
     return tables
 
 
@@ -108,6 +138,11 @@ def cli(cfg: DictConfig) -> None:
     except InfluenceError as e:
         log.error("%s", e)
         sys.exit(f"error: {e}")
+    except OSError as e:  # a write no retry fixes (full disk, read-only directory): one line, not a traceback
+        if e.errno not in DISK_ERRNOS:
+            raise
+        log.error("%s", write_failure(e.filename or "a result file", e))
+        sys.exit(f"error: {write_failure(e.filename or 'a result file', e)}")
     finally:
         distributed.shutdown()
 

@@ -20,7 +20,7 @@ from .errors import InfluenceError
 from .fingerprint import combine, config_fingerprint, model_fingerprint, tensors_fingerprint
 from .modules import TrackedLayer, find_tracked_layers
 from .precision import without_default_precision
-from .storage import load_tensors, save_tensors
+from .storage import CorruptFileError, load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,12 @@ def fit_curvature(
         )
         path = Path(cache_dir) / f"{method}-{fit_fp}.safetensors"
         if broadcast_object(path.exists()):  # rank 0's view, so that no rank fits alone
-            log.info("reusing fitted %s factors %s", method, path)
-            return load_curvature(path, model, task=task, layers=layers)
+            try:
+                curv = load_curvature(path, model, task=task, layers=layers, require_checksum=True)
+                log.info("reused fitted %s factors %s", method, path)
+                return curv
+            except CorruptFileError as e:  # every rank reads the same bytes, so all refit together
+                log.warning("%s: refitting", e)
     curv = cls.fit(model, task, data, layers, config, device)
     if path is not None:
         meta = {
@@ -88,9 +92,11 @@ def fit_curvature(
     return curv
 
 
-def load_curvature(path: str | Path, model, task=None, layers: list[TrackedLayer] | None = None) -> Curvature:
-    """Load saved factors, refusing a file fitted on another model."""
-    tensors, meta = load_tensors(path)
+def load_curvature(
+    path: str | Path, model, task=None, layers: list[TrackedLayer] | None = None, require_checksum: bool = False
+) -> Curvature:
+    """Load saved factors, verified against their checksum, refusing a file fitted on another model."""
+    tensors, meta = load_tensors(path, require_checksum=require_checksum, fix="delete it so the factors are refitted")
     if meta.get("format") != FORMAT:
         raise InfluenceError(
             f"{path} is not a curvature file written by influence-studies: delete it or point elsewhere"

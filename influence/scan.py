@@ -16,6 +16,7 @@ across ranks the same way and gathers them.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,9 @@ from .lowrank import low_rank_queries
 from .passes import capture_batches, length_order, resolve_device
 from .precision import without_default_precision
 from .scoring import SCALE_CONVENTION, precondition_queries, score_captured
-from .storage import atomic_write, load_tensors, save_tensors
+from .storage import CorruptFileError, atomic_write, load_tensors, remove_stale_temporaries, save_tensors, write_failure
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SPURIOUS_RATIO = 2 / 3
@@ -115,35 +118,63 @@ def _manifest(model, curvature, queries, names, data, indices, rank, batch_size,
     }
 
 
-def _check_or_write_manifest(out_dir: Path, manifest: dict) -> None:
-    path = out_dir / MANIFEST
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError):
-            raise InfluenceError(f"{path} is corrupt: delete the scan directory {out_dir} to start over") from None
-        differ = [k for k in manifest if old.get(k) != manifest[k]]
-        if differ:
-            raise InfluenceError(
-                f"{out_dir} holds a scan with other {', '.join(differ)}: "
-                f"resume only the same scan, or use a new output directory"
-            )
-        for stale in out_dir.glob(".chunk-*.tmp"):  # a write cut off by a kill
-            stale.unlink()
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(manifest, indent=2)
+def _sealed(manifest: dict) -> dict:
+    """The manifest with a checksum of its fields, so a corrupt manifest is told from another scan's."""
+    return {**manifest, "checksum": config_fingerprint(manifest)}
+
+
+def _read_manifest(path: Path) -> dict | None:
+    """The manifest at `path`, or None when its bytes are corrupt (unparseable, or not matching its checksum)."""
+    try:
+        old = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return None
+    if not isinstance(old, dict):
+        return None
+    if "checksum" in old and old["checksum"] != config_fingerprint({k: v for k, v in old.items() if k != "checksum"}):
+        return None
+    return old
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    text = json.dumps(_sealed(manifest), indent=2)
     try:
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     except OSError as e:
-        raise InfluenceError(
-            f"could not write {path}: {e.strerror or e} (free disk space or choose another directory)"
-        ) from None
+        raise write_failure(path, e) from None
+
+
+def _check_or_write_manifest(out_dir: Path, manifest: dict) -> None:
+    """Start the scan of `out_dir`, or resume it if its manifest is this scan's; refuse another scan's.
+
+    A corrupt manifest cannot vouch for the chunks beside it: they are deleted and the scan starts over."""
+    path = out_dir / MANIFEST
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failure(out_dir, e) from None
+    if path.exists():
+        old = _read_manifest(path)
+        if old is None:
+            log.warning("%s is corrupt: deleting its chunks and scanning again", path)
+            for chunk in out_dir.glob("chunk-*.safetensors"):
+                chunk.unlink()
+        else:
+            differ = [k for k in manifest if old.get(k) != manifest[k]]
+            if differ:
+                raise InfluenceError(
+                    f"{out_dir} holds a scan with other {', '.join(differ)}: "
+                    f"resume only the same scan, or use a new output directory"
+                )
+            remove_stale_temporaries(out_dir)  # writes cut off by a kill; a live writer's are kept
+            if "checksum" in old:
+                return
+    _write_manifest(path, manifest)
 
 
 def _load_chunk(path: Path, c: int, sel: torch.Tensor, out_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """A finished chunk's (scores, layer_scores), checked to be chunk `c` of this scan."""
-    tensors, meta = load_tensors(path)
+    """A finished chunk's (scores, layer_scores), verified against its checksum and checked to be chunk `c`."""
+    tensors, meta = load_tensors(path, require_checksum=True, fix="it is rescanned")
     if meta.get("chunk") != str(c) or not torch.equal(tensors["indices"], sel):
         raise InfluenceError(f"{path} does not belong to this scan: delete the scan directory {out_dir}")
     if "layer_scores" not in tensors:
@@ -187,14 +218,17 @@ def _scan_chunks(
         disable=not (args.progress and is_main()),
         mininterval=1.0,
     )
-    chunks, pre, dev = {}, None, resolve_device(model, args.device)
+    chunks, pre, dev, rescanned = {}, None, resolve_device(model, args.device), []
     with collectively(), bar:
         for c in mine:
             path, sel = _chunk_path(out_dir, c), selection[c]
             if path.exists():
-                chunks[c] = _load_chunk(path, c, sel, out_dir)
-                bar.update(len(sel))
-                continue
+                try:
+                    chunks[c] = _load_chunk(path, c, sel, out_dir)
+                    bar.update(len(sel))
+                    continue
+                except CorruptFileError as e:  # a chunk is recomputable: rescan it
+                    rescanned.append(str(e))
             if pre is None:  # only when some chunk is missing
                 full = (
                     preconditioned
@@ -205,6 +239,8 @@ def _scan_chunks(
             chunks[c] = _score_chunk(model, task, curvature, data, pre, sel, args.batch_size, dev, bar, c)
             scores, layers = chunks[c]
             save_tensors(path, {"scores": scores, "layer_scores": layers, "indices": sel}, {"chunk": str(c)})
+    if rescanned:
+        log.warning("rescanned %d chunk(s) that could not be verified; the first: %s", len(rescanned), rescanned[0])
     for c, sel in enumerate(selection):  # the other ranks' chunks (none in a single process)
         if c not in chunks:
             chunks[c] = _load_chunk(_chunk_path(out_dir, c), c, sel, out_dir)

@@ -32,7 +32,7 @@ from influence.lowrank import plan_query_rank, query_bytes
 from influence.memory import format_memory_plan, memory_plan
 from influence.precision import with_precision, without_default_precision
 from influence.scan import ScanResult, TopBreakdown, scan, top_k_breakdown
-from influence.storage import load_tensors, save_tensors
+from influence.storage import CorruptFileError, load_tensors, save_tensors
 
 from .candidates import BM25Filter, make_filter
 from .options import layer_options, score_options
@@ -192,6 +192,26 @@ def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
     return result
 
 
+def _cached_breakdown(path: Path, rows: torch.Tensor) -> list[TopBreakdown] | None:
+    """The breakdown saved at `path` for these top rows, or None when it is another's or fails its checksum."""
+    try:
+        t, _ = load_tensors(path, require_checksum=True, fix="it is recomputed")
+    except CorruptFileError as e:
+        log.warning("%s", e)
+        return None
+    if not torch.equal(t["rows"], rows):
+        return None
+    return [
+        TopBreakdown(
+            rows=rows[q],
+            scores=t["layer_scores"][q].sum(-1),
+            layer_scores=t["layer_scores"][q],
+            token_scores=t["token_scores"][q],
+        )
+        for q in range(rows.shape[0])
+    ]
+
+
 def breakdown_stage(cfg: DictConfig, world, curvature, result, k: int, queries=None) -> list[TopBreakdown]:
     """Full-rank layer- and token-wise scores of each query's top k, cached beside the scan they come from."""
     queries = list(queries or world.queries)
@@ -201,18 +221,9 @@ def breakdown_stage(cfg: DictConfig, world, curvature, result, k: int, queries=N
         if "scan_dir" in result.metadata
         else None
     )
-    if path is not None and broadcast_object(path.exists()):  # rank 0's view: all ranks load, or all compute
-        t, _ = load_tensors(path)
-        if torch.equal(t["rows"], rows):
-            return [
-                TopBreakdown(
-                    rows=rows[q],
-                    scores=t["layer_scores"][q].sum(-1),
-                    layer_scores=t["layer_scores"][q],
-                    token_scores=t["token_scores"][q],
-                )
-                for q in range(rows.shape[0])
-            ]
+    cached = _cached_breakdown(path, rows) if path is not None and broadcast_object(path.exists()) else None
+    if cached is not None:  # rank 0's view of the file: all ranks load, or all compute
+        return cached
     opts = score_options(cfg)
     tops = top_k_breakdown(
         world.model,

@@ -92,13 +92,17 @@ def test_factor_cache_is_reused_refit_on_change_and_refused_for_another_model(tm
 
 
 def test_corrupt_factor_file(tmp_path):
+    """A truncated cache is refitted by fit_curvature; loading it directly names the file."""
     model, task, data = neox(), LanguageModelTask(), token_data(4, 6)
-    fit_curvature(model, task, data, cache_dir=tmp_path)
+    fitted = fit_curvature(model, task, data, cache_dir=tmp_path)
     path = next(tmp_path.glob("ekfac-*.safetensors"))
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(InfluenceError) as e:
-        fit_curvature(model, task, data, cache_dir=tmp_path)
-    assert "corrupt" in one_line(e)
+        load_curvature(path, model)
+    assert "corrupt" in one_line(e) and path.name in one_line(e)
+    refitted = fit_curvature(model, task, data, cache_dir=tmp_path)
+    assert all(torch.equal(refitted.state()[k], v) for k, v in fitted.state().items())
+    assert load_curvature(path, model, require_checksum=True).damping == fitted.damping
 
 
 def test_loading_kfac_factors_reproduces_the_fit(tmp_path):
