@@ -3,12 +3,15 @@
 The `logger` group names the tracker class by `_target_` (conf/logger/<option>.yaml), and `make_tracker`
 builds it with `hydra.utils.instantiate`: a new tracker is a class with `log_run` and a YAML, no caller.
 Logging never costs a run its results: the tables, figures and report are written before the tracker
-is called, and a tracker failure is a warning.
+is called, and a tracker failure is a warning. Online, W&B gets at most `logger.timeout_s` seconds (a server
+that does not answer would otherwise hold the finished run for minutes), announced before it starts.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -56,16 +59,62 @@ class WandbTracker:
         group: str | None = None,
         tags=(),
         max_table_rows: int = 5000,
+        timeout_s: float = 30,
     ):
         _check_name(name, "wandb")
         if mode not in ("online", "offline", "disabled"):
             raise InfluenceError(f"logger.mode={mode!r}: use online, offline or disabled")
+        try:
+            seconds = float(timeout_s)
+        except (TypeError, ValueError):
+            seconds = float("nan")
+        if not 0 < seconds < float("inf"):
+            raise InfluenceError(f"logger.timeout_s={timeout_s!r}: give the most seconds to wait for W&B, a number > 0")
         self.project, self.entity, self.mode, self.group = project, entity, mode, group
-        self.tags, self.max_table_rows = list(tags or []), int(max_table_rows)
+        self.tags, self.max_table_rows, self.timeout_s = list(tags or []), int(max_table_rows), seconds
 
     def log_run(self, run_dir: Path, cfg: DictConfig, tables: dict, figures: list[Path], summary: dict) -> None:
+        """Offline and disabled: log here. Online: log in a daemon thread and wait at most `timeout_s` for it.
+
+        Online, wandb retries an unreachable server for minutes (init alone 90 s by default): its own timeouts
+        are set to `timeout_s`, and the thread bounds init + log + finish as a whole, whatever wandb does.
+        On a timeout the thread is left behind (a daemon: it cannot keep the process alive) and this raises.
+        """
         import wandb
 
+        settings = {"silent": True, "console": "off"}
+        if self.mode != "online":
+            self._log(wandb, wandb.Settings(**settings), run_dir, cfg, tables, figures, summary)
+            return
+        global _stuck
+        url = _base_url()
+        if _stuck is not None and _stuck.is_alive():
+            raise TimeoutError(f"an earlier W&B connection to {url} in this process is still waiting: not trying again")
+        wait = f"{self.timeout_s:g} s"
+        log.info("W&B: connecting to %s (online mode, up to %s; the results are already in %s)", url, wait, run_dir)
+        settings.update(init_timeout=self.timeout_s, finish_timeout=self.timeout_s, finish_timeout_raises=True)
+        failure: list[BaseException] = []
+
+        def work():
+            try:
+                self._log(wandb, wandb.Settings(**settings), run_dir, cfg, tables, figures, summary)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                failure.append(e)
+
+        t0 = time.monotonic()
+        thread = threading.Thread(target=work, name="wandb-log-run", daemon=True)
+        thread.start()
+        thread.join(self.timeout_s)
+        if thread.is_alive():
+            _stuck = thread
+            log.warning("W&B: no answer from %s within %s: the run was not synced; %s", url, wait, _sync_hint(run_dir))
+            raise TimeoutError(f"no answer from {url} within {wait}")
+        if failure:
+            log.warning("W&B: the run was not synced to %s; %s", url, _sync_hint(run_dir))
+            raise failure[0]
+        log.info("W&B: synced to %s in %.1f s", url, time.monotonic() - t0)
+
+    def _log(self, wandb, settings, run_dir: Path, cfg: DictConfig, tables: dict, figures: list[Path], summary: dict):
         run = wandb.init(
             project=self.project,
             entity=self.entity,
@@ -76,7 +125,7 @@ class WandbTracker:
             job_type=str(cfg.study),
             tags=self.tags,
             config=OmegaConf.to_container(cfg, resolve=True),
-            settings=wandb.Settings(silent=True, console="off"),
+            settings=settings,
             reinit="finish_previous",
         )
         try:
@@ -89,6 +138,29 @@ class WandbTracker:
             run.summary.update(summary)
         finally:
             run.finish()
+
+
+_stuck: threading.Thread | None = None  # an online log_run that timed out and may still be waiting on wandb
+
+
+def _base_url() -> str:
+    """The W&B server wandb will contact (settings files, WANDB_BASE_URL, ...), read without starting its service."""
+    try:
+        from wandb.sdk import wandb_setup
+
+        return str(wandb_setup.singleton().settings.base_url)
+    except Exception:  # noqa: BLE001 - only for a message
+        import os
+
+        return os.environ.get("WANDB_BASE_URL", "the W&B server")
+
+
+def _sync_hint(run_dir: Path) -> str:
+    """How to get the run to W&B later: `wandb sync` the files wandb wrote, or re-run offline."""
+    local = sorted(p.parent for p in Path(run_dir).glob("wandb/*run-*/*.wandb"))
+    if local:
+        return f"sync it later with `wandb sync {local[-1]}`"
+    return "re-run with logger.mode=offline, then `wandb sync <run dir>/wandb/offline-run-*`"
 
 
 def _loggable(df: pd.DataFrame) -> pd.DataFrame:
