@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -21,6 +22,45 @@ from .errors import InfluenceError
 OPTIMIZERS = ("adam", "lbfgs")
 
 A = TypeVar("A")
+
+
+def is_int(value) -> bool:
+    """An integer that is not a bool (YAML's `true` would pass `isinstance(v, int)`); numpy's integers count."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A finite real number that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_device(where: str, device) -> None:
+    """Refuse a device this torch build cannot use when the options are read, not at the first `.to(device)`
+    deep inside a run (torch's own error there is a traceback about lazy CUDA init or device-string parsing)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InfluenceError(f"{where}={device!r} is not a device: use cpu or cuda (cuda:<i> for one GPU)") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InfluenceError(
+                f"{where}={device!r} but this torch build has no CUDA (torch.cuda.is_available() is False): "
+                f"use {where}=cpu"
+            )
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise InfluenceError(
+                f"{where}={device!r} but only {n} CUDA device(s) are visible: use cuda:0 to cuda:{n - 1}"
+            )
+        return
+    backend = torch.backends.mps if dev.type == "mps" else getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise InfluenceError(
+            f"{where}={device!r}: no {dev.type} device is available to this torch build: use cpu or cuda"
+        )
 
 
 def from_options(cls: type[A], options: dict) -> A:
@@ -54,12 +94,16 @@ class ScanArguments:
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (main rank only)."})
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.chunk_batches < 1:
+        for key in ("batch_size", "chunk_batches"):
+            value = getattr(self, key)
+            if not is_int(value) or value < 1:
+                raise InfluenceError(f"scan {key} must be >= 1 (an integer), got {value!r}")
+        if self.query_rank is not None and (not is_int(self.query_rank) or self.query_rank < 1):
             raise InfluenceError(
-                f"scan batch_size and chunk_batches must be >= 1, got {self.batch_size} and {self.chunk_batches}"
+                f"query rank must be a positive integer or null for full rank, got {self.query_rank!r}"
             )
-        if self.query_rank is not None and self.query_rank < 1:
-            raise InfluenceError(f"query rank must be a positive integer or null for full rank, got {self.query_rank}")
+        if self.device is not None:
+            check_device("device", self.device)
 
 
 @dataclass
@@ -108,16 +152,20 @@ class PBRFArguments:
     )
 
     def __post_init__(self):
-        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
-            raise InfluenceError(f"epsilon must be a positive number, got {self.epsilon}")
+        if not (is_number(self.epsilon) and self.epsilon > 0):
+            raise InfluenceError(f"epsilon must be a positive number, got {self.epsilon!r}")
         if self.optimizer not in OPTIMIZERS:
             raise InfluenceError(f"unknown PBRF optimizer {self.optimizer!r}: use one of {list(OPTIMIZERS)}")
         if self.warm_start not in ("none", "mirror"):
             raise InfluenceError(f"warm_start must be 'none' or 'mirror', got {self.warm_start!r}")
         if self.on_failure not in ("raise", "record"):
             raise InfluenceError(f"on_failure must be 'raise' or 'record', got {self.on_failure!r}")
-        if self.max_steps < 1 or not self.tol > 0 or not self.lr > 0 or self.history < 1 or self.batch_size < 1:
+        counts = {k: getattr(self, k) for k in ("max_steps", "history", "batch_size", "patience")}
+        sizes = {k: getattr(self, k) for k in ("tol", "lr", "min_lr_ratio")}
+        bad = [f"{k}={v!r}" for k, v in counts.items() if not (is_int(v) and v >= 1)]
+        bad += [f"{k}={v!r}" for k, v in sizes.items() if not (is_number(v) and v > 0)]
+        if bad:
             raise InfluenceError(
-                f"PBRF optimizer settings must be positive (max_steps={self.max_steps}, "
-                f"tol={self.tol}, lr={self.lr}, history={self.history}, batch_size={self.batch_size})"
+                f"PBRF optimizer settings must be positive ({', '.join(bad)}): "
+                "max_steps, history, batch_size and patience are integers >= 1; tol, lr and min_lr_ratio numbers > 0"
             )

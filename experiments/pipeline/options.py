@@ -6,6 +6,10 @@ dataclass is the schema: `typed(ScoreOptions, cfg.score)` merges the block onto 
 the wrong type fails, naming the valid keys) and runs `__post_init__`'s checks. The stages read their options
 through `score_options(cfg)` and friends, never with `.get(key, default)`. The filter and the curvature have
 their schemas on their own classes (`experiments.pipeline.candidates`, `influence.curvature`).
+
+`check(cfg)`, the first thing a run does, also checks what has no schema here: a `???` left in the config, the
+seed, the data and model blocks' values, that `data.path` exists and a `model.path` checkpoint's files are sound,
+and the query list, so a bad option fails in one line before a corpus, a model, factors or a scan is written.
 """
 
 from __future__ import annotations
@@ -15,20 +19,39 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from embedded.corpus import FAMILIES
+from embedded.local_data import corpus_files
+from embedded.models import check_weights, read_config
+from embedded.tokenizer import MIN_VOCAB, check_tokenizer_files
+from embedded.world import load_queries
 from influence import InfluenceError
+from influence.arguments import check_device, is_int, is_number
 from influence.precision import autocast_dtype
 
 T = TypeVar("T")
 
 
-def _positive(where: str, value, allow_none: bool = False) -> None:
+def _integer(where: str, value, minimum: int, allow_none: bool = False) -> None:
+    """An integer >= `minimum` (a bool, a float or a string is refused), or one line naming the key."""
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InfluenceError(f"{where}={value!r}: give an integer >= 1" + (" (or null)" if allow_none else ""))
+    if not is_int(value) or value < minimum:
+        raise InfluenceError(f"{where}={value!r}: give an integer >= {minimum}" + (" (or null)" if allow_none else ""))
+
+
+def _positive(where: str, value, allow_none: bool = False) -> None:
+    _integer(where, value, 1, allow_none)
+
+
+def _number(where: str, value, low: float, high: float | None = None, strict: bool = False) -> None:
+    """A finite number >= `low` (> `low` when `strict`) and <= `high`, or one line naming the key and the range."""
+    above = is_number(value) and (value > low if strict else value >= low)
+    if not (above and (high is None or value <= high)):
+        bound = f"a number {'>' if strict else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
+        raise InfluenceError(f"{where}={value!r}: give {bound}")
 
 
 @dataclass
@@ -61,8 +84,11 @@ class ScoreOptions:
             _positive(f"score.{key}", getattr(self, key))
         _positive("score.max_sequences", self.max_sequences, allow_none=True)
         _positive("score.num_threads", self.num_threads, allow_none=True)
-        if self.query_rank not in (None, "auto"):
-            _positive("score.query_rank", self.query_rank)
+        if self.query_rank not in (None, "auto") and not (is_int(self.query_rank) and self.query_rank >= 1):
+            raise InfluenceError(
+                f"score.query_rank={self.query_rank!r}: give an integer >= 1, null (full rank) or auto"
+            )
+        check_device("score.device", self.device)  # cuda on a CPU-only build fails here, not at model.to()
         autocast_dtype(self.precision)  # an unknown precision fails, naming the valid ones
 
 
@@ -138,6 +164,118 @@ def layer_options(cfg: DictConfig) -> LayerOptions:
     return typed(LayerOptions, cfg.layers, "layers")
 
 
+def check_required(cfg: DictConfig) -> None:
+    """A `???` left in the config fails naming its key, before a key deep in the run trips over it
+    (`data=local` without `data.path` used to fail on "Key 'seed' is not in struct")."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if not missing:
+        return
+    if missing == ["data.path"]:
+        raise InfluenceError(
+            f"data.path is required by data={cfg.data.get('name')}: give data.path=/path/to/corpus "
+            "(a .txt, .jsonl or .parquet file, or a folder of them)"
+        )
+    raise InfluenceError(
+        f"{', '.join(missing)} must be given (the config leaves them ???): set them on the command line"
+    )
+
+
+#: integer keys of the data blocks (conf/data) and their least valid values
+DATA_INTEGERS = {"seq_len": 8, "n_docs": 1, "n_heldout": 0, "seed": 0}
+#: keys of the data blocks that are shares in [0, 1]
+DATA_FRACTIONS = ("val_fraction", "translated_fraction")
+
+
+def _check_quote_copies(value) -> None:
+    copies = list(value) if isinstance(value, (list, tuple, ListConfig)) else None
+    if not (copies and len(copies) == 2 and all(is_int(c) for c in copies) and 1 <= copies[0] <= copies[1]):
+        raise InfluenceError(f"data.quote_copies={value!r}: give [low, high], integers with 1 <= low <= high")
+
+
+def _check_mix(value) -> None:
+    if not isinstance(value, (Mapping, DictConfig)):
+        raise InfluenceError(f"data.mix={value!r}: give a mapping of corpus families to shares")
+    unknown = sorted(set(value) - set(FAMILIES))
+    if unknown:
+        raise InfluenceError(f"data.mix has unknown families {unknown}: use {', '.join(FAMILIES)}")
+    for family, share in value.items():
+        _number(f"data.mix.{family}", share, 0)
+    if sum(value.values()) <= 0:
+        raise InfluenceError(f"data.mix={dict(value)} has no positive share: give at least one family a share > 0")
+
+
+def check_data(cfg: DictConfig) -> None:
+    """The data block's values (`int(...)` deep in corpus preparation used to be their only check), and that
+    `data.path` names an existing corpus: all before the corpus is generated, read or tokenized."""
+    d = cfg.data
+    for key, minimum in DATA_INTEGERS.items():
+        if key in d:
+            _integer(f"data.{key}", d[key], minimum)
+    for key in DATA_FRACTIONS:
+        if key in d:
+            _number(f"data.{key}", d[key], 0, 1)
+    if "vocab_size" in d and not cfg.model.get("path"):  # a tokenizer is trained: BPE keeps every byte
+        _integer("data.vocab_size", d.vocab_size, MIN_VOCAB)
+    if "quote_copies" in d:
+        _check_quote_copies(d.quote_copies)
+    if "mix" in d:
+        _check_mix(d.mix)
+    if d.get("text_column") is not None and not isinstance(d.text_column, str):
+        raise InfluenceError(f"data.text_column={d.text_column!r}: give a column name, or null to guess it")
+    if d.get("path"):
+        corpus_files(str(d.path))  # a missing path or a folder without corpus files fails now
+
+
+#: integer keys of a model built here (conf/model) and of its training (`model.train`)
+MODEL_INTEGERS = ("n_layer", "n_embd", "n_head", "max_length")
+TRAIN_INTEGERS = ("tokens", "batch_size", "n_evals", "eval_docs")
+
+
+def check_model(cfg: DictConfig) -> None:
+    """The architecture and training values of a model trained here, or a `model.path` checkpoint's files (a
+    corrupt or missing one, or a config that is no causal LM): a bad one fails before the corpus is generated."""
+    m = cfg.model
+    if m.get("path"):  # its config, weight headers and tokenizer files: read in milliseconds, no weights loaded
+        path = str(m.path)
+        read_config(path), check_weights(path), check_tokenizer_files(path, f"model.path={path}")
+        return
+    for key in MODEL_INTEGERS:
+        if key in m:
+            _integer(f"model.{key}", m[key], 1)
+    if "n_embd" in m and "n_head" in m and m.n_embd % m.n_head:
+        raise InfluenceError(
+            f"model.n_embd={m.n_embd} is not a multiple of model.n_head={m.n_head}: each head needs n_embd / n_head "
+            "dimensions"
+        )
+    if "max_length" in m and "seq_len" in cfg.data and cfg.data.seq_len > m.max_length:
+        raise InfluenceError(
+            f"data.seq_len={cfg.data.seq_len} exceeds model.max_length={m.max_length}: lower one or raise the other"
+        )
+    t = m.get("train") or {}
+    for key in TRAIN_INTEGERS:
+        if key in t:
+            _integer(f"model.train.{key}", t[key], 1)
+    if "threads" in t:
+        _integer("model.train.threads", t.threads, 1, allow_none=True)
+    for key in ("lr", "grad_clip"):
+        if key in t:
+            _number(f"model.train.{key}", t[key], 0, strict=True)
+    for key in ("warmup", "min_lr_ratio"):
+        if key in t:
+            _number(f"model.train.{key}", t[key], 0, 1)
+    if "weight_decay" in t:
+        _number("model.train.weight_decay", t.weight_decay, 0)
+
+
 def check(cfg: DictConfig) -> None:
-    """Validate every pipeline block of `cfg` at once: a bad option fails before any work."""
+    """Validate every block of `cfg` at once: a bad option, a missing corpus or a bad query list fails in one
+    line before any work (the corpus, the training, the fit, the scan)."""
+    check_required(cfg)
     score_options(cfg), scale_options(cfg), layer_options(cfg)
+    if "seed" in cfg:
+        _integer("seed", cfg.seed, 0)
+    if "model" in cfg and "data" in cfg:
+        check_data(cfg)
+        check_model(cfg)
+    if "queries" in cfg:
+        load_queries(cfg.queries)  # an unknown, repeated or empty list of names, or a malformed item

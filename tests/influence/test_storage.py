@@ -124,7 +124,9 @@ def test_a_directory_of_files_is_verified_against_its_checksums(tmp_path):
         (tmp / "sub" / "tokenizer.json").write_text("{}")
     assert verify_checksums(final, "fix it")
     flip_byte(final / "weights.bin", from_end=100)
-    with pytest.raises(CorruptFileError, match=r"weights\.bin does not match its checksum \(the file is corrupt\): fix"):
+    with pytest.raises(
+        CorruptFileError, match=r"weights\.bin does not match its checksum \(the file is corrupt\): fix"
+    ):
         check_dir(final, "fix it")
     (final / "sub" / "tokenizer.json").unlink()
     (final / "checksums.json").unlink()  # an older version's directory: trusted on first use, checked afterwards
