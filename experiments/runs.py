@@ -28,11 +28,15 @@ def run_table(output_dir: str | Path) -> pd.DataFrame:
                 "state": status.get("state", "unknown (no status.json)"),
                 "study": status.get("study", ""),
                 "started": status.get("started", ""),
-                "error": status.get("error", ""),
+                "error": _short(status.get("error", "")),
             }
         )
     table = pd.DataFrame(rows, columns=["run", "state", "study", "started", "error"])
     return table.sort_values("run", ascending=False, ignore_index=True)
+
+
+def _short(text: str, width: int = 100) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def main(argv: list[str]) -> None:

@@ -71,12 +71,25 @@ def staged(run_dir: str | os.PathLike):
         if e.errno not in DISK_ERRNOS:
             raise
         raise InfluenceError(
-            f"could not write the results into {run_dir}: {e.strerror} writing {Path(e.filename or tmp).name} "
+            f"could not write the results into {run_dir}: {e.strerror} writing {_result_name(e.filename, tmp)} "
             "(none were kept; the fitted factors and scans are cached, so a rerun after freeing disk space "
             "or choosing a writable paths.output_dir is quick)"
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _result_name(filename, staging: Path) -> str:
+    """The result file a failed write was for, as the user will know it (not its staging or temporary name)."""
+    if not filename or Path(filename) == staging:
+        return "the result files"
+    path = Path(filename)
+    name = path.name
+    if name.startswith(".") and name.endswith(".tmp") and name.count(".") >= 4:  # .<name>.<host-pid>.<random>.tmp
+        name = ".".join(name[1:].split(".")[:-3])
+    with contextlib.suppress(ValueError):
+        return str(path.parent.relative_to(staging) / name)
+    return name
 
 
 def check_writable(directories: list[Path]) -> None:
