@@ -40,7 +40,7 @@ def test_a_curvature_yaml_lists_every_field_of_its_config_with_its_default(optio
 
 def test_the_lissa_yaml_documents_the_step_the_code_takes():
     text = (Path(CONF) / "curvature" / "lissa.yaml").read_text()
-    assert "0.5 / (lambda_max(G) + max_l lambda_l)" in text and "1.2" not in text
+    assert "margin / (max_b lambda_max(G_b) + max_l lambda_l)" in text and "margin: 0.5" in text
 
 
 @pytest.mark.parametrize("block,schema", [("score", ScoreOptions), ("scale", ScaleOptions)])

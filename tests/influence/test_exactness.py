@@ -121,11 +121,11 @@ def test_lissa_converges_to_the_exact_damped_inverse_of_its_gauss_newton_product
     exact = torch.linalg.solve(M, flat_q.T).T
     got = torch.cat([pre[l.name].flatten(1) for l in layers], 1)
     assert (got - exact).norm() / exact.norm() < 1e-6
-    # the recorded stopping step: tiny when converged, large when the recursion is cut short
-    assert curv.diagnostics["solves"] == 2 and curv.diagnostics["final_relative_step"] < 1e-8
+    # the reported residual ‖(G + λ)x − v‖/‖v‖: tiny when converged, large when the recursion is cut short
+    assert curv.diagnostics["solves"] == 2 and curv.diagnostics["relative_residual"] < 1e-8
     short = fit_curvature(model, task, data, method="lissa", batch_size=4, depth=3, damping=lam_value, scale=scale)
     short.ihvp(q)
-    assert short.diagnostics["final_relative_step"] > 1e-3
+    assert short.diagnostics["relative_residual"] > 1e-2
 
 
 def test_lissa_runs_on_gpt2_with_fused_attention_in_float32():
