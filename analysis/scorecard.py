@@ -104,10 +104,15 @@ def rank32_pearson(tables):
 
 
 def estimators_vs_pbrf(tables):
-    """Per task, EK-FAC ≈ LiSSA and well above the dot product in Pearson r with the PBRF (`accuracy_summary`)."""
+    """Per task, EK-FAC ≈ LiSSA and well above the dot product in Pearson r with the PBRF (`accuracy_summary`; its
+    PBRF rows at the main damping where it also holds the exact-GN reference and a damping sweep)."""
     t = tables.get("accuracy_summary")
     if not isinstance(t, pd.DataFrame) or t.empty:
         return None, "no data", None
+    if "reference" in t:
+        t = t[t["reference"] == "pbrf"]
+    if "main_damping" in t:
+        t = t[t["main_damping"].astype(bool)]
     parts, ok = [], []
     for task, g in t.groupby("task", sort=False):
         r = g.set_index("method")["pearson_mean"]

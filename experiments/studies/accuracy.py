@@ -1,23 +1,44 @@
-"""How accurate are the estimators? EK-FAC, K-FAC, LiSSA and the dot product against the PBRF (Figs. 6–7, spec §5).
+"""How accurate are the estimators? EK-FAC, K-FAC, LiSSA and the dot product against two references: the PBRF
+and the exact damped Gauss–Newton influence (Figs. 6–7, spec §5), across a damping sweep.
 
 Per task, every estimator is the `influence` library's (`fit_curvature` + `compute_scores`, same layers,
-same data), and the ground truth is `influence.pbrf.pbrf_scores` with EK-FAC's per-layer damping.
-K-FAC and LiSSA are given that same damping too, so every method targets the same (G + λI)⁻¹; the
-identity is the undamped dot product. Tasks: the tabular regression and classification of
-`embedded.tabular` (f = loss on a random test point; G and the Bregman term over the training rows,
-or a configured subset) and the world's language model (f = log p(completion | prompt) of its first
-queries; G and the Bregman term over a fixed subset of training sequences). The scored training rows are
-drawn from the Bregman rows.
+same data). Two references, each with EK-FAC's per-layer damping λ_ℓ = `damping_factor` × the mean eigenvalue of
+EK-FAC's G_ℓ (K-FAC and LiSSA are given that same damping too, so every method targets the same (G + λI)⁻¹; the
+identity is the undamped dot product):
+- the PBRF, `influence.pbrf.pbrf_scores` (the paper's ground truth, nonlinear in ε);
+- the exact damped Gauss–Newton influence, `influence.exact.ExactGaussNewton`: (G + λI)⁻¹∇f solved over all
+  tracked layers jointly (cross-layer blocks kept), G the exact Gauss–Newton over the fitting rows (the PBRF's
+  Hessian at θs), dense for a few thousand parameters and by EK-FAC-preconditioned conjugate gradients otherwise.
+  It is the PBRF's linearization, so an estimator's distance to it is estimator error alone, and the PBRF's
+  distance to it (the `pbrf` method's rows against `exact_gn`) is the PBRF's nonlinearity and truncation.
+Tasks: the tabular regression and classification of `embedded.tabular` (f = loss on a random test point; G and the
+Bregman term over the training rows, or a configured subset) and the world's language model (f = log p(completion
+| prompt) of its first queries; G and the Bregman term over a fixed subset of training sequences). The scored
+training rows are drawn from the Bregman rows. `exact.tasks` chooses the tasks with the exact reference.
 
-The ground truth is checked, not assumed: every PBRF solve must reach `pbrf.tol` (gradient norm relative to
+Damping sweep: at every factor of `damping_factors` (and `damping_factor`, the main one, which Figs. 6–7 and the
+scorecard read) every method is fitted with that factor and compared with the exact reference at EK-FAC's damping
+for it. The PBRF depends on the damping too, and each solve costs hundreds of objective evaluations per training
+row, so it is solved at the main damping only: the sweep compares the methods with the exact reference.
+
+The references are checked, not assumed. PBRF: every solve must reach `pbrf.tol` (gradient norm relative to
 ‖∇L(z_m)‖) within `pbrf.max_steps` evaluations, and on the first `linearity_rows` scored rows the PBRF is
 solved again at ε/2, whose central differences must agree with ε's to `linearity_tol` (relative norm). A
 task that fails either check is not dropped or fatal: its correlations are still computed, but every
 row of the tables carries `pbrf_converged` / `pbrf_linear` = False, the achieved gradient ratio and the
 ε vs ε/2 disagreement, the figures label it, and the metadata lists it under `pbrf_unverified_tasks`.
 With `tolerance_rows` > 0 the first rows are also solved to tol/10 and the relative change of their scores is
-reported (`pbrf_tol10_rel_diff`): the ground truth's own truncation error at the chosen tolerance.
-Every score (each method's and the PBRF's, per test point and training row) is kept in `accuracy_scores`.
+reported (`pbrf_tol10_rel_diff`): the ground truth's own truncation error at the chosen tolerance. Exact GN:
+verified when its measured relative residual max_q ‖(G + λI)x_q − ∇f_q‖/‖∇f_q‖ is at most `exact.tol`
+(`exact_relative_residual`; failures listed under `exact_unverified_tasks`). Every row says whether its
+reference was verified (`reference_verified`), and LiSSA's rows carry its own measured residual
+(`lissa_relative_residual`, where the LiSSA implementation reports one).
+
+Tables: `accuracy` (one row per task × damping factor × reference × method × test point: Pearson and Spearman
+r, the method's seconds, fitting included), `accuracy_summary` (mean ± standard error over test points per task ×
+damping × reference × method), `accuracy_scores` (every score, each method's, the exact reference's and the
+PBRF's, per damping, test point and training row) and `_summary` (the comparison with the paper's
+"EK-FAC ≈ LiSSA ≫ dot product", per reference, computed from the main damping's numbers).
 """
 
 from __future__ import annotations
@@ -35,12 +56,19 @@ from omegaconf import OmegaConf
 from scipy import stats
 from tqdm import tqdm
 
-from analysis.accuracy import correlation_bars, correlation_vs_time, summary_table
+from analysis.accuracy import (
+    correlation_bars,
+    correlation_vs_damping,
+    correlation_vs_time,
+    paper_comparison,
+    summary_table,
+)
 from analysis.figures import figure
 from analysis.scorecard import Finding, estimators_vs_pbrf
 from embedded.tabular import build_tabular
 from influence import InfluenceError, LanguageModelTask, compute_scores, fit_curvature
 from influence.batching import sample_indices
+from influence.exact import ExactGaussNewton
 from influence.pbrf import PBRFArguments, pbrf_scores
 from influence.threads import single_thread
 
@@ -50,6 +78,7 @@ from .registry import Study, option
 log = logging.getLogger(__name__)
 
 TASKS = ("diabetes", "digits", "lm")
+REFERENCES = ("pbrf", "exact_gn")
 _TABULAR_BUILD_KEYS = ("hidden", "activation", "weight_decay", "grad_tol", "max_iter")
 #: what `accuracy.tabular.<task>` may set: the study-wide row counts and ε for that task, and how its MLP is built
 TABULAR_KEYS = ("max_train_points", "bregman_rows", "epsilon", "n_test_points", *_TABULAR_BUILD_KEYS)
@@ -78,6 +107,32 @@ class PBRFOptions:
 
 
 @dataclass
+class ExactOptions:
+    tasks: list[str] = option(
+        help="tasks with the exact GN reference (of diabetes, digits, lm)", factory=lambda: list(TASKS)
+    )
+    method: str = option("auto", "auto (dense up to dense_max_params tracked parameters, else cg), dense or cg")
+    tol: float = option(1e-8, "verified: relative residual ‖(G+λI)x − ∇f‖/‖∇f‖ ≤ tol (CG iterates until it)")
+    max_iter: int = option(4000, "CG: at most this many iterations (each a GN product over every fitting row)")
+    precondition: str = option(
+        "none", "ekfac: CG preconditioned by EK-FAC at the same damping (same answer; fewer or more iterations)"
+    )
+    dense_max_params: int = option(2000, "auto: the dense G when the tracked parameters are at most this many")
+    batch_size: int = option(64, "fitting rows per Gauss–Newton product batch")
+
+    def __post_init__(self):
+        if sorted(set(self.tasks) - set(TASKS)):
+            raise InfluenceError(f"accuracy.exact.tasks: unknown task(s) {sorted(set(self.tasks) - set(TASKS))}")
+        if self.method not in ("auto", "dense", "cg") or self.precondition not in ("none", "ekfac"):
+            raise InfluenceError(
+                f"accuracy.exact: method={self.method!r} (use auto, dense or cg), "
+                f"precondition={self.precondition!r} (use ekfac or none)"
+            )
+        if not self.tol > 0 or self.max_iter < 1 or self.batch_size < 1:
+            raise InfluenceError("accuracy.exact needs tol > 0, max_iter >= 1 and batch_size >= 1")
+
+
+@dataclass
 class Options:
     tasks: list[str] = option(help="of diabetes, digits, lm", factory=lambda: list(TASKS))
     methods: list[str] = option(
@@ -93,6 +148,14 @@ class Options:
     linearity_rows: int = option(10, "scored rows re-solved at ε/2 (0: no check, and pbrf_linear is False)")
     linearity_tol: float = option(0.05, "‖s(ε) − s(ε/2)‖ / ‖s(ε/2)‖ above this: the PBRF is not in its linear regime")
     tolerance_rows: int = option(0, "scored rows re-solved at tol/10 (3x max_steps): how far the ground truth moves")
+    damping_factor: float = option(
+        0.1, "the main damping: λ_ℓ = factor × the mean eigenvalue of EK-FAC's G_ℓ (Figs. 6–7, the PBRF, the scorecard)"
+    )
+    damping_factors: list[float] = option(
+        help="the sweep: every method and the exact GN at each factor (the PBRF at damping_factor only); [] for none",
+        factory=lambda: [0.01, 0.1, 1.0, 10.0],
+    )
+    exact: ExactOptions = option(help="the exact damped Gauss–Newton reference", factory=ExactOptions)
     tabular: dict[str, dict[str, Any]] = option(
         help=f"per tabular task: any of {', '.join(TABULAR_KEYS)}",
         factory=lambda: {"digits": {"max_train_points": 100, "bregman_rows": 400, "epsilon": 5e-4}},
@@ -104,6 +167,10 @@ class Options:
     lm_lissa: LissaOptions = option(help="LM: LiSSA's settings", factory=lambda: LissaOptions(depth=100, batch_size=8))
     lm_pbrf_dtype: str = option("float64", "LM: the PBRF's dtype (float64 or float32)")
     lm_pbrf: dict[str, Any] = option(help="LM: overrides of `pbrf`", factory=lambda: {"tol": 1e-3, "max_steps": 3000})
+    lm_exact: dict[str, Any] = option(
+        help="LM: overrides of `exact` (its CG converges slowly: a budget)",
+        factory=lambda: {"max_iter": 500, "precondition": "ekfac"},
+    )
 
     def __post_init__(self):
         if sorted(set(self.tasks) - set(TASKS)):
@@ -117,6 +184,8 @@ class Options:
             raise InfluenceError("accuracy needs n_test_points >= 1, lm_queries >= 1 and lm_train_sequences >= 3")
         if self.linearity_rows < 0 or not self.linearity_tol > 0 or self.tolerance_rows < 0:
             raise InfluenceError("accuracy needs linearity_rows >= 0, tolerance_rows >= 0 and linearity_tol > 0")
+        if not all(f > 0 for f in [self.damping_factor, *self.damping_factors]):
+            raise InfluenceError("accuracy.damping_factor and every accuracy.damping_factors value must be > 0")
         for name, per in self.tabular.items():
             unknown = sorted(set(per or {}) - set(TABULAR_KEYS))
             if unknown:
@@ -129,6 +198,13 @@ class Options:
                 f"accuracy.lm_pbrf has no setting(s) {unknown}: it overrides pbrf's "
                 f"{', '.join(f.name for f in fields(PBRFOptions))}"
             )
+        unknown = sorted(set(self.lm_exact) - {f.name for f in fields(ExactOptions)} | ({"tasks"} & set(self.lm_exact)))
+        if unknown:
+            raise InfluenceError(
+                f"accuracy.lm_exact has no setting(s) {unknown}: it overrides exact's "
+                f"{', '.join(f.name for f in fields(ExactOptions) if f.name != 'tasks')}"
+            )
+        ExactOptions(**{**asdict(self.exact), **self.lm_exact})  # checked now, not after the tabular tasks
         if not isinstance(getattr(torch, self.lm_pbrf_dtype, None), torch.dtype):
             raise InfluenceError(
                 f"accuracy.lm_pbrf_dtype={self.lm_pbrf_dtype!r} is not a torch dtype: use float64 or float32"
@@ -140,6 +216,15 @@ class Options:
                 "outside it)"
             )
 
+    @property
+    def factors(self) -> list[float]:
+        """The main damping factor first, then the sweep's others (each once)."""
+        out = [float(self.damping_factor)]
+        for f in self.damping_factors:
+            if not any(math.isclose(f, g, rel_tol=1e-9) for g in out):
+                out.append(float(f))
+        return out
+
 
 def _correlations(est: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
     x, y = est.double().numpy(), truth.double().numpy()
@@ -148,191 +233,317 @@ def _correlations(est: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]
     return float(stats.pearsonr(x, y)[0]), float(stats.spearmanr(x, y)[0])
 
 
-def compare(
-    model,
-    task,
-    layers,
-    fit_data,
-    score_data,
-    score_rows,
-    queries,
-    query_names,
-    methods,
-    method_options,
-    pbrf_options,
-    task_name,
-    linearity_rows: int = 10,
-    linearity_tol: float = 0.05,
-    tolerance_rows: int = 0,
-) -> tuple[list[dict], dict, pd.DataFrame]:
-    """Every estimator and the PBRF on (queries × score_rows): one row per (method, query), PBRF stats, and
-    every score (long: task, test point, training row, method incl. "pbrf")."""
-    if "ekfac" not in methods:
-        raise InfluenceError("accuracy.methods must include ekfac: its per-layer damping defines the PBRF target")
+@dataclass
+class Comparison:
+    """One task: the model, the fitting rows (G, the Bregman term, every method's fit), the scored rows and the
+    queries, each method's fitting options (without the damping factor) and the PBRF's options."""
+
+    name: str
+    model: Any
+    task: Any
+    layers: list
+    fit_data: dict
+    score_data: dict
+    score_rows: torch.Tensor
+    queries: dict
+    query_names: list[str]
+    method_options: dict
+    pbrf: dict
+    exact: ExactOptions | None  # None: no exact reference for this task
+
+
+def _fit_methods(c: Comparison, methods: list[str], factor: float) -> tuple[dict, dict]:
+    """Every method fitted with damping `factor`, the damped ones then given EK-FAC's λ_ℓ (an undamped one, the dot
+    product, stays undamped), and scored: ({method: (curvature, scores)}, {method: seconds, fitting included})."""
     fitted, seconds = {}, {}
     for method in ["ekfac"] + [m for m in methods if m != "ekfac"]:
         t0 = time.perf_counter()
-        curv = fit_curvature(model, task, fit_data, method=method, layers=layers, **method_options.get(method, {}))
-        if method != "ekfac" and any(curv.damping.values()):  # a damped method: the λ_ℓ of EK-FAC and the PBRF
-            # (an undamped one, the dot product, stays undamped)
-            own = ";".join(f"{k}={v:.6g}" for k, v in curv.damping.items())
+        own = dict(c.method_options.get(method, {}))
+        if method in c.method_options:
+            own["damping_factor"] = factor
+        curv = fit_curvature(c.model, c.task, c.fit_data, method=method, layers=c.layers, **own)
+        if method != "ekfac" and any(curv.damping.values()):  # a damped method: the λ_ℓ of EK-FAC and the references
+            own_damping = ";".join(f"{k}={v:.6g}" for k, v in curv.damping.items())
             curv = curv.with_damping(fitted["ekfac"][0].damping)
-            curv.info["own_damping"] = own
-        result = compute_scores(model, task, curv, queries, score_data, indices=score_rows)
+            curv.info["own_damping"] = own_damping
+        result = compute_scores(c.model, c.task, curv, c.queries, c.score_data, indices=c.score_rows)
         seconds[method] = time.perf_counter() - t0
         fitted[method] = (curv, result.scores)
-        log.info("%s %s: %.2fs", task_name, method, seconds[method])
-    damping = fitted["ekfac"][0].damping
-    options = {**pbrf_options, "on_failure": "record"}
+        log.info("%s %s at damping factor %g: %.2fs", c.name, method, factor, seconds[method])
+    return fitted, seconds
+
+
+def _rel_diff(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((a - ref).norm() / ref.norm()) if ref.norm() > 0 else math.nan
+
+
+def _pbrf_solver(c: Comparison, ekfac):
+    """solve(rows, label, **changes): the PBRF of `rows` at EK-FAC's damping, `c.pbrf` changed by `changes`."""
+    options = {**c.pbrf, "on_failure": "record"}
     precondition = str(options.pop("precondition", "none"))
     if precondition not in ("none", "ekfac"):
         raise InfluenceError(f"accuracy pbrf.precondition={precondition!r}: use none or ekfac")
-    preconditioner = fitted["ekfac"][0] if precondition == "ekfac" else None
+    preconditioner = ekfac if precondition == "ekfac" else None
 
     def solve(rows, label: str, **changes):
-        """The PBRF of `rows` with `options` changed by `changes`, with a progress bar."""
-        with tqdm(total=len(rows), desc=f"{task_name} PBRF{label}", unit="row", mininterval=5.0) as bar:
+        with tqdm(total=len(rows), desc=f"{c.name} PBRF{label}", unit="row", mininterval=5.0) as bar:
             return pbrf_scores(
-                model,
-                task,
-                score_data,
-                queries,
-                damping,
+                c.model,
+                c.task,
+                c.score_data,
+                c.queries,
+                ekfac.damping,
                 PBRFArguments(**{**options, **changes}),
-                bregman_data=fit_data,
+                bregman_data=c.fit_data,
                 indices=rows,
-                layers=layers,
+                layers=c.layers,
                 preconditioner=preconditioner,
                 progress=bar.update,
             )
 
-    def rel_diff(a: torch.Tensor, ref: torch.Tensor) -> float:
-        return float((a - ref).norm() / ref.norm()) if ref.norm() > 0 else math.nan
+    return solve, options
 
+
+def _pbrf_checks(c: Comparison, opts: Options, solve, truth, tol: float, max_steps: int) -> dict:
+    """The linearity check (ε/2 on the first rows) and the truncation check (tol/10): their numbers."""
+    rows = c.score_rows
+    k = min(int(opts.linearity_rows), len(rows))
+    out = {"half_diff": math.nan, "half_converged": False, "k": k, "tight_diff": math.nan, "tight_ratio": math.nan}
+    if k > 0:
+        t1 = time.perf_counter()
+        half = solve(rows[:k], " at ε/2", epsilon=truth.epsilon / 2)
+        out["half_diff"], out["half_converged"] = _rel_diff(truth.scores[:, :k], half.scores), half.converged
+        log.info(
+            "%s PBRF at ε/2 on %d rows: relative difference %.3g (%.1fs)",
+            c.name,
+            k,
+            out["half_diff"],
+            time.perf_counter() - t1,
+        )
+    kt = out["kt"] = min(int(opts.tolerance_rows), len(rows))
+    if kt > 0:
+        t1 = time.perf_counter()
+        tight = solve(rows[:kt], " at tol/10", tol=tol / 10, max_steps=3 * max_steps)
+        out["tight_diff"], out["tight_ratio"] = (
+            _rel_diff(truth.scores[:, :kt], tight.scores),
+            float(tight.grad_norm.max()),
+        )
+        log.info(
+            "%s PBRF at tol/10 on %d rows: relative difference %.3g, gradient ratio max %.3g (%.1fs)",
+            c.name,
+            kt,
+            out["tight_diff"],
+            out["tight_ratio"],
+            time.perf_counter() - t1,
+        )
+    return out
+
+
+def pbrf_reference(c: Comparison, opts: Options, ekfac) -> tuple[Any, dict, dict]:
+    """The PBRF at EK-FAC's damping, checked: (its result, the flags every row of the task carries, metadata)."""
+    solve, options = _pbrf_solver(c, ekfac)
     t0 = time.perf_counter()
-    truth = solve(score_rows, "")
-    pbrf_seconds = time.perf_counter() - t0
+    truth = solve(c.score_rows, "")
+    seconds = time.perf_counter() - t0
+    tol = float(truth.metadata["tol"])
     log.info(
         "%s PBRF: %.1fs, evaluations per solve %.0f (max %d), gradient ratio max %.3g (tol %g)",
-        task_name,
-        pbrf_seconds,
+        c.name,
+        seconds,
         float(truth.steps.double().mean()),
         int(truth.steps.max()),
         float(truth.grad_norm.max()),
-        float(truth.metadata["tol"]),
+        tol,
     )
-    # linear regime: the central differences at ε/2 on the first rows must agree with ε's
-    k = min(int(linearity_rows), len(score_rows))
-    half_diff, half_converged = math.nan, False
-    if k > 0:
-        t1 = time.perf_counter()
-        half = solve(score_rows[:k], " at ε/2", epsilon=truth.epsilon / 2)
-        half_diff = rel_diff(truth.scores[:, :k], half.scores)
-        half_converged = half.converged
-        log.info(
-            "%s PBRF at ε/2 on %d rows: relative difference %.3g (%.1fs)",
-            task_name,
-            k,
-            half_diff,
-            time.perf_counter() - t1,
-        )
-    # truncation: the first rows solved to a tenth of the tolerance; how far the ground truth moves
-    kt = min(int(tolerance_rows), len(score_rows))
-    tight_diff, tight_ratio = math.nan, math.nan
-    if kt > 0:
-        t1 = time.perf_counter()
-        tight = solve(
-            score_rows[:kt], " at tol/10", tol=float(options["tol"]) / 10, max_steps=3 * int(options["max_steps"])
-        )
-        tight_diff = rel_diff(truth.scores[:, :kt], tight.scores)
-        tight_ratio = float(tight.grad_norm.max())
-        log.info(
-            "%s PBRF at tol/10 on %d rows: relative difference %.3g, gradient ratio max %.3g (%.1fs)",
-            task_name,
-            kt,
-            tight_diff,
-            tight_ratio,
-            time.perf_counter() - t1,
-        )
-    converged = bool(truth.converged and (half_converged or k == 0))
-    linear = bool(k > 0 and half_diff <= float(linearity_tol))
+    ch = _pbrf_checks(c, opts, solve, truth, float(options["tol"]), int(options["max_steps"]))
+    converged = bool(truth.converged and (ch["half_converged"] or ch["k"] == 0))
+    linear = bool(ch["k"] > 0 and ch["half_diff"] <= float(opts.linearity_tol))
     if not (converged and linear):
         log.warning(
             "%s: the PBRF ground truth is NOT verified (converged=%s, gradient ratio max %.3g vs tol %g; "
             "ε vs ε/2 relative difference %.3g vs %g): its correlations are reported but flagged",
-            task_name,
+            c.name,
             converged,
             float(truth.grad_norm.max()),
-            float(truth.metadata["tol"]),
-            half_diff,
-            linearity_tol,
+            tol,
+            ch["half_diff"],
+            opts.linearity_tol,
         )
+    flags = {
+        "pbrf_seconds": seconds,
+        "pbrf_converged": converged,
+        "pbrf_linear": linear,
+        "pbrf_grad_ratio_max": float(truth.grad_norm.max()),
+        "pbrf_eps_half_rel_diff": ch["half_diff"],
+    }
+    n = c.name
+    info = {
+        **{f"{n}/{k}": v for k, v in flags.items()},
+        f"{n}/pbrf_evaluations_mean": float(truth.steps.double().mean()),
+        f"{n}/pbrf_evaluations_max": int(truth.steps.max()),
+        f"{n}/pbrf_evaluations_mean_plus": float(truth.steps[:, 0].double().mean()),
+        f"{n}/pbrf_evaluations_mean_minus": float(truth.steps[:, 1].double().mean()),
+        f"{n}/pbrf_tol": tol,
+        f"{n}/pbrf_solves_unconverged": int((truth.grad_norm > tol).sum()),
+        f"{n}/pbrf_eps_half_rows": ch["k"],
+        f"{n}/pbrf_tol10_rel_diff": ch["tight_diff"],
+        f"{n}/pbrf_tol10_grad_ratio_max": ch["tight_ratio"],
+        f"{n}/pbrf_tol10_rows": ch["kt"],
+        f"{n}/pbrf_epsilon": truth.epsilon,
+        f"{n}/pbrf_optimizer": truth.metadata["optimizer"],
+        f"{n}/pbrf_preconditioner": truth.metadata["preconditioner"],
+        f"{n}/pbrf_warm_start": truth.metadata["warm_start"],
+        f"{n}/pbrf_max_steps": int(truth.metadata["max_steps"]),
+        f"{n}/bregman_rows": truth.metadata["n_bregman"],
+        f"{n}/damping": truth.metadata["damping"],
+    }
+    return truth, flags, info
+
+
+def exact_reference(c: Comparison, ekfac, exact: ExactGaussNewton | None):
+    """The exact damped GN scores at EK-FAC's damping: (scores, seconds, its diagnostics, the operator to reuse).
+    The first call builds the operator (a float64 copy of the model, the fitting batches): its time is counted."""
+    t0 = time.perf_counter()
+    if exact is None:
+        e = c.exact
+        exact = ExactGaussNewton.fit(
+            c.model,
+            c.task,
+            c.fit_data,
+            c.layers,
+            damping=ekfac.damping,
+            method=e.method,
+            tol=e.tol,
+            max_iter=e.max_iter,
+            dense_max_params=e.dense_max_params,
+            batch_size=e.batch_size,
+        )
+    curv = exact.with_damping(ekfac.damping)
+    curv.preconditioner = ekfac if c.exact.precondition == "ekfac" else None
+    scores = compute_scores(c.model, c.task, curv, c.queries, c.score_data, indices=c.score_rows).scores
+    seconds = time.perf_counter() - t0
+    d = dict(curv.diagnostics)
+    log.info(
+        "%s exact GN (%s, %d parameters): relative residual %.3g after %d iterations, %.2fs",
+        c.name,
+        d.get("method"),
+        exact.operator.dim,
+        d.get("relative_residual", math.nan),
+        d.get("iterations", 0),
+        seconds,
+    )
+    return scores, seconds, d, exact
+
+
+def _rows(c: Comparison, factor: float, main: bool, reference: str, truth, estimates: dict, common: dict) -> list:
+    """One row per (estimate, test point): its Pearson and Spearman r with the reference's scores `truth`."""
     rows = []
-    for method in methods:
-        scores = fitted[method][1]
-        for qi, qname in enumerate(query_names):
-            p, s = _correlations(scores[qi], truth.scores[qi])
+    for method, (scores, seconds, extra) in estimates.items():
+        for qi, qname in enumerate(c.query_names):
+            p, s = _correlations(scores[qi], truth[qi])
             rows.append(
                 {
-                    "task": task_name,
+                    "task": c.name,
+                    "damping_factor": factor,
+                    "main_damping": main,
+                    "reference": reference,
                     "method": method,
                     "test_point": qname,
                     "pearson": p,
                     "spearman": s,
-                    "seconds": seconds[method],
-                    "n_train_points": len(score_rows),
-                    "pbrf_seconds": pbrf_seconds,
-                    "pbrf_converged": converged,
-                    "pbrf_linear": linear,
-                    "pbrf_grad_ratio_max": float(truth.grad_norm.max()),
-                    "pbrf_eps_half_rel_diff": half_diff,
+                    "seconds": seconds,
+                    "n_train_points": len(c.score_rows),
+                    **common,
+                    "lissa_relative_residual": extra.get("lissa_relative_residual", math.nan),
                 }
             )
-    info = {
-        f"{task_name}/pbrf_seconds": pbrf_seconds,
-        f"{task_name}/pbrf_evaluations_mean": float(truth.steps.double().mean()),
-        f"{task_name}/pbrf_evaluations_max": int(truth.steps.max()),
-        f"{task_name}/pbrf_evaluations_mean_plus": float(truth.steps[:, 0].double().mean()),
-        f"{task_name}/pbrf_evaluations_mean_minus": float(truth.steps[:, 1].double().mean()),
-        f"{task_name}/pbrf_grad_ratio_max": float(truth.grad_norm.max()),
-        f"{task_name}/pbrf_tol": float(truth.metadata["tol"]),
-        f"{task_name}/pbrf_solves_unconverged": int((truth.grad_norm > float(truth.metadata["tol"])).sum()),
-        f"{task_name}/pbrf_converged": converged,
-        f"{task_name}/pbrf_linear": linear,
-        f"{task_name}/pbrf_eps_half_rel_diff": half_diff,
-        f"{task_name}/pbrf_eps_half_rows": k,
-        f"{task_name}/pbrf_tol10_rel_diff": tight_diff,
-        f"{task_name}/pbrf_tol10_grad_ratio_max": tight_ratio,
-        f"{task_name}/pbrf_tol10_rows": kt,
-        f"{task_name}/pbrf_epsilon": truth.epsilon,
-        f"{task_name}/pbrf_optimizer": truth.metadata["optimizer"],
-        f"{task_name}/pbrf_preconditioner": truth.metadata["preconditioner"],
-        f"{task_name}/pbrf_warm_start": truth.metadata["warm_start"],
-        f"{task_name}/pbrf_max_steps": int(truth.metadata["max_steps"]),
-        f"{task_name}/bregman_rows": truth.metadata["n_bregman"],
-        f"{task_name}/n_train_points": len(score_rows),
-        f"{task_name}/n_test_points": len(query_names),
-        f"{task_name}/damping": truth.metadata["damping"],
-        **{f"{task_name}/{m}_seconds": seconds[m] for m in methods},
-    }
+    return rows
+
+
+def _score_rows(c: Comparison, factor: float, named: list[tuple[str, torch.Tensor]]) -> list[dict]:
+    train_rows = [int(r) for r in c.score_rows]
+    return [
+        {
+            "task": c.name,
+            "damping_factor": factor,
+            "test_point": q,
+            "train_row": r,
+            "method": m,
+            "score": float(mat[i, j]),
+        }
+        for m, mat in named
+        for i, q in enumerate(c.query_names)
+        for j, r in enumerate(train_rows)
+    ]
+
+
+def _method_info(c: Comparison, fitted: dict, seconds: dict) -> dict:
+    """The main damping's metadata of the methods: seconds, own damping, LiSSA's step and residual."""
+    info = {f"{c.name}/{m}_seconds": seconds[m] for m in fitted}
     for m, (curv, _) in fitted.items():
         if "own_damping" in curv.info:
-            info[f"{task_name}/{m}_own_damping"] = curv.info["own_damping"]
+            info[f"{c.name}/{m}_own_damping"] = curv.info["own_damping"]
     if "lissa" in fitted:
-        info[f"{task_name}/lissa_scale"] = fitted["lissa"][0].info.get("scale", "")
-        info[f"{task_name}/lissa_final_relative_step_max"] = fitted["lissa"][0].diagnostics.get(
-            "final_relative_step", ""
-        )
-    train_rows = [int(r) for r in score_rows]
-    scores = pd.DataFrame(
-        [
-            {"task": task_name, "test_point": qname, "train_row": r, "method": method, "score": float(mat[qi, j])}
-            for method, mat in [("pbrf", truth.scores)] + [(m, fitted[m][1]) for m in methods]
-            for qi, qname in enumerate(query_names)
-            for j, r in enumerate(train_rows)
-        ]
-    )
-    return rows, info, scores
+        curv = fitted["lissa"][0]
+        info[f"{c.name}/lissa_scale"] = curv.info.get("scale", "")
+        info[f"{c.name}/lissa_final_relative_step_max"] = curv.diagnostics.get("final_relative_step", "")
+        info[f"{c.name}/lissa_relative_residual"] = curv.diagnostics.get("relative_residual", "")
+    return info
+
+
+def compare(c: Comparison, opts: Options) -> tuple[list[dict], dict, pd.DataFrame]:
+    """Every estimator against the PBRF (at the main damping) and the exact GN (at every damping of the sweep), and
+    the PBRF against the exact GN: the long table's rows, the metadata, and every score (long)."""
+    if "ekfac" not in opts.methods:
+        raise InfluenceError("accuracy.methods must include ekfac: its per-layer damping defines the references")
+    rows, scores, info, exact, residuals = [], [], {}, None, []
+    with_exact = c.exact is not None
+    pbrf, pbrf_flags = None, {}
+    factors = opts.factors if with_exact else opts.factors[:1]  # the sweep compares with the exact GN only
+    for factor in factors:  # the main damping first: the PBRF's flags then go on every row
+        main = factor == factors[0]
+        fitted, seconds = _fit_methods(c, list(opts.methods), factor)
+        ekfac = fitted["ekfac"][0]
+        estimates = {m: (fitted[m][1], seconds[m], {}) for m in opts.methods}
+        if "lissa" in fitted:  # its own measured residual, where the implementation reports one
+            lissa_residual = fitted["lissa"][0].diagnostics.get("relative_residual", math.nan)
+            estimates["lissa"] = (*estimates["lissa"][:2], {"lissa_relative_residual": lissa_residual})
+        named = [(m, fitted[m][1]) for m in opts.methods]
+        ex_common = {}
+        if with_exact:
+            ex_scores, ex_seconds, diag, exact = exact_reference(c, ekfac, exact)
+            residual = float(diag.get("relative_residual", math.nan))
+            residuals.append(residual)
+            ex_common = {"exact_relative_residual": residual, "exact_iterations": int(diag.get("iterations", 0))}
+            named.append(("exact_gn", ex_scores))
+        if main:
+            pbrf, pbrf_flags, pbrf_info = pbrf_reference(c, opts, ekfac)
+            info.update(pbrf_info)
+            info.update(_method_info(c, fitted, seconds))
+            verified = bool(pbrf_flags["pbrf_converged"] and pbrf_flags["pbrf_linear"])
+            common = {"reference_verified": verified, "reference_seconds": pbrf_flags["pbrf_seconds"]}
+            rows += _rows(c, factor, main, "pbrf", pbrf.scores, estimates, {**common, **ex_common, **pbrf_flags})
+            named.append(("pbrf", pbrf.scores))
+        if with_exact:
+            if main:
+                estimates["pbrf"] = (pbrf.scores, pbrf_flags["pbrf_seconds"], {})
+            common = {"reference_verified": residual <= c.exact.tol, "reference_seconds": ex_seconds}
+            rows += _rows(c, factor, main, "exact_gn", ex_scores, estimates, {**common, **ex_common, **pbrf_flags})
+            if main:
+                info.update({f"{c.name}/exact_{k}": v for k, v in diag.items()})
+                info[f"{c.name}/exact_seconds"] = ex_seconds
+                info[f"{c.name}/exact_n_params"] = exact.operator.dim
+        scores += _score_rows(c, factor, named)
+    info[f"{c.name}/exact"] = with_exact
+    if with_exact:
+        info[f"{c.name}/exact_relative_residual_max"] = max(residuals)
+        info[f"{c.name}/exact_verified"] = bool(max(residuals) <= c.exact.tol)
+        info[f"{c.name}/exact_tol"] = c.exact.tol
+        info[f"{c.name}/exact_max_iter"] = c.exact.max_iter
+    info[f"{c.name}/damping_factors"] = ",".join(f"{f:g}" for f in factors)
+    info[f"{c.name}/n_train_points"] = len(c.score_rows)
+    info[f"{c.name}/n_test_points"] = len(c.query_names)
+    return rows, info, pd.DataFrame(scores)
 
 
 def _method_options(methods: list[str], seed: int, lissa: LissaOptions) -> dict:
@@ -357,28 +568,22 @@ def tabular_task(name: str, opts: Options, cfg) -> tuple[list[dict], dict, pd.Da
     # h(x_m) but the proximity term, and is unbounded below for small damping
     fit_rows = sample_indices(n_train, per.get("bregman_rows"), seed + 1)
     rows = fit_rows[sample_indices(len(fit_rows), int(per.get("max_train_points", opts.max_train_points)), seed)]
-    fit_data = {k: v[fit_rows] for k, v in problem.train.items()}
     test_rows = sample_indices(n_test, int(per.get("n_test_points", opts.n_test_points)), seed + 2)
-    queries = {k: v[test_rows] for k, v in problem.test.items()}
-    methods = list(opts.methods)
-    pbrf = {**asdict(opts.pbrf), "epsilon": float(per.get("epsilon", opts.epsilon))}
-    out, info, scores = compare(
-        problem.model,
-        problem.task,
-        problem.layers,
-        fit_data,
-        problem.train,
-        rows,
-        queries,
-        [f"test_{int(i)}" for i in test_rows],
-        methods,
-        _method_options(methods, seed, opts.lissa),
-        pbrf,
-        name,
-        opts.linearity_rows,
-        opts.linearity_tol,
-        opts.tolerance_rows,
+    c = Comparison(
+        name=name,
+        model=problem.model,
+        task=problem.task,
+        layers=problem.layers,
+        fit_data={k: v[fit_rows] for k, v in problem.train.items()},
+        score_data=problem.train,
+        score_rows=rows,
+        queries={k: v[test_rows] for k, v in problem.test.items()},
+        query_names=[f"test_{int(i)}" for i in test_rows],
+        method_options=_method_options(list(opts.methods), seed, opts.lissa),
+        pbrf={**asdict(opts.pbrf), "epsilon": float(per.get("epsilon", opts.epsilon))},
+        exact=opts.exact if name in opts.exact.tasks else None,
     )
+    out, info, scores = compare(c, opts)
     info[f"{name}/model"] = (
         f"MLP {problem.info['hidden']} {problem.info['activation']}, weight decay "
         f"{problem.info['weight_decay']}, train {problem.info['train_metrics']}, "
@@ -394,35 +599,44 @@ def lm_task(opts: Options, cfg, world) -> tuple[list[dict], dict, pd.DataFrame]:
     fit_rows = sample_indices(n, opts.bregman_subset, seed)
     rows = fit_rows[sample_indices(len(fit_rows), opts.lm_train_sequences, seed + 1)]
     queries = list(world.queries)[: opts.lm_queries]
-    encoded = encode_stage(world, queries)
-    fit_data = {k: v[fit_rows] for k, v in data.items()}
-    methods = list(opts.methods)
-    pbrf = {
-        **asdict(opts.pbrf),
-        **opts.lm_pbrf,
-        "epsilon": float(opts.lm_epsilon),
-        "dtype": getattr(torch, opts.lm_pbrf_dtype),
-        "batch_size": 16,
-    }
-    out, info, scores = compare(
-        world.model,
-        LanguageModelTask(),
-        tracked_layers(cfg, world.model),
-        fit_data,
-        data,
-        rows,
-        encoded,
-        [q.name for q in queries],
-        methods,
-        _method_options(methods, seed, opts.lm_lissa),
-        pbrf,
-        "lm",
-        opts.linearity_rows,
-        opts.linearity_tol,
-        opts.tolerance_rows,
+    c = Comparison(
+        name="lm",
+        model=world.model,
+        task=LanguageModelTask(),
+        layers=tracked_layers(cfg, world.model),
+        fit_data={k: v[fit_rows] for k, v in data.items()},
+        score_data=data,
+        score_rows=rows,
+        queries=encode_stage(world, queries),
+        query_names=[q.name for q in queries],
+        method_options=_method_options(list(opts.methods), seed, opts.lm_lissa),
+        pbrf={
+            **asdict(opts.pbrf),
+            **opts.lm_pbrf,
+            "epsilon": float(opts.lm_epsilon),
+            "dtype": getattr(torch, opts.lm_pbrf_dtype),
+            "batch_size": 16,
+        },
+        exact=ExactOptions(**{**asdict(opts.exact), **opts.lm_exact}) if "lm" in opts.exact.tasks else None,
     )
+    out, info, scores = compare(c, opts)
     info["lm/model"] = world.name
     return out, info, scores
+
+
+def _summary_row(summary: pd.DataFrame, info: dict, tasks: list[str]) -> dict:
+    """The `_summary` row: the comparison with the paper, and per task the PBRF vs the exact GN and the residuals."""
+    out = paper_comparison(summary)
+    main = summary[summary["main_damping"].astype(bool)]
+    for t in tasks:
+        pe = main[(main["task"] == t) & (main["reference"] == "exact_gn") & (main["method"] == "pbrf")]
+        if len(pe):
+            out[f"{t}/pbrf_vs_exact_gn_pearson"] = float(pe["pearson_mean"].iloc[0])
+        for key in ("exact_relative_residual", "lissa_relative_residual"):
+            v = info.get(f"{t}/{key}")
+            if isinstance(v, (int, float)):
+                out[f"{t}/{key}"] = float(v)
+    return out
 
 
 def run(cfg, world, opts: Options) -> dict[str, pd.DataFrame]:
@@ -437,26 +651,35 @@ def run(cfg, world, opts: Options) -> dict[str, pd.DataFrame]:
     long = pd.DataFrame(rows)
     summary = summary_table(long)
     unverified = [t for t in opts.tasks if not (info[f"{t}/pbrf_converged"] and info[f"{t}/pbrf_linear"])]
+    exact_unverified = [t for t in opts.tasks if info[f"{t}/exact"] and not info[f"{t}/exact_verified"]]
     meta = {
         "study": "accuracy",
         "pbrf_unverified_tasks": ",".join(unverified),
+        "exact_tasks": ",".join(t for t in opts.tasks if info[f"{t}/exact"]),
+        "exact_unverified_tasks": ",".join(exact_unverified),
         "settings": OmegaConf.to_yaml(OmegaConf.structured(opts)),
         "seconds": time.perf_counter() - t0,
         "pbrf": "central difference at ±epsilon; Bregman term over the fitting rows; EK-FAC's per-layer damping "
         "(also given to K-FAC and LiSSA); f = loss on the test point (tabular), log p(completion|prompt) (LM)",
+        "exact_gn": "(G + lambda I)^-1 grad f over all tracked layers jointly, G the exact Gauss-Newton over the "
+        "fitting rows (the PBRF's Hessian at theta_s), EK-FAC's per-layer damping at every damping factor; verified "
+        "when its relative residual <= exact.tol",
+        "damping_sweep": f"factors {','.join(f'{f:g}' for f in opts.factors)} (main {opts.damping_factor:g}): "
+        "every method and the exact GN at each; the PBRF at the main damping only",
         **{k: (v if isinstance(v, (int, float, bool)) else str(v)) for k, v in info.items()},
     }
     return {
         "accuracy": long,
         "accuracy_summary": summary,
         "accuracy_scores": pd.concat(scores, ignore_index=True),
+        "_summary": pd.DataFrame([_summary_row(summary, info, list(opts.tasks))]),
         "_metadata": pd.DataFrame([meta]),
     }
 
 
 STUDY = Study(
     name="accuracy",
-    title="How accurate is EK-FAC? The PBRF ground truth",
+    title="How accurate is EK-FAC? The PBRF ground truth and the exact damped Gauss–Newton",
     where="§5.1, Figs. 6–7",
     order=30,
     run=run,
@@ -464,6 +687,7 @@ STUDY = Study(
     figures=(
         figure("fig6_accuracy", correlation_bars, "accuracy_summary"),
         figure("fig7_accuracy_vs_time", correlation_vs_time, "accuracy_summary"),
+        figure("accuracy_vs_damping", correlation_vs_damping, "accuracy_summary"),
     ),
     findings=(
         Finding(

@@ -1,15 +1,18 @@
-"""The accuracy study end to end on tiny settings: tables, figures, a converged PBRF, and on the tabular
-regression EK-FAC tracks the PBRF better than the plain dot product."""
+"""The accuracy study end to end on tiny settings: tables, figures, a converged PBRF and exact GN, the PBRF
+agreeing with the exact GN, a damping sweep, and on the tabular regression EK-FAC tracks both references better
+than the plain dot product."""
 
 import json
 import math
 
 import numpy as np
 import pandas as pd
+import pytest
 from omegaconf import OmegaConf, open_dict
 
 from embedded.tabular import build_tabular
 from experiments import run as runner
+from influence import InfluenceError
 
 
 def test_tabular_regression_is_standardized_and_trained_to_convergence(tmp_path):
@@ -23,9 +26,9 @@ def test_tabular_regression_is_standardized_and_trained_to_convergence(tmp_path)
 
 
 def test_accuracy_study_end_to_end(tiny_cfg, tiny_world, tiny_output_dir):
-    """Tiny settings (< 1 min): diabetes on 12 rows of an 80-row Bregman set, the tiny LM on 3 sequences × 2 queries
-    with a PBRF budget of 10 evaluations it does not meet (gradient ratio ~0.2 after 150): the tables must say so,
-    not crash."""
+    """Tiny settings (~1.5 min): diabetes on 12 rows of an 80-row Bregman set, the tiny LM on 3 sequences × 2 queries
+    with a PBRF budget of 10 evaluations it does not meet (gradient ratio ~0.2 after 150) and an exact-GN budget of
+    10 CG iterations it does not meet either: the tables must say so, not crash. Damping factors 0.1 (main) and 1."""
     cfg = tiny_cfg.copy()
     with open_dict(cfg):
         cfg.study = "accuracy"
@@ -37,18 +40,25 @@ def test_accuracy_study_end_to_end(tiny_cfg, tiny_world, tiny_output_dir):
                 "tabular": {"diabetes": {"max_train_points": 12, "bregman_rows": 80}},
                 "linearity_rows": 2,
                 "tolerance_rows": 2,
+                "damping_factors": [0.1, 1.0],
                 "lm_train_sequences": 3,
                 "lm_queries": 2,
                 "bregman_subset": 4,
                 "lm_lissa": {"depth": 5, "batch_size": 4},
                 "lm_pbrf": {"max_steps": 10, "tol": 1e-4},
+                "lm_exact": {"max_iter": 10},
             }
         )
     tables = runner.main(cfg)
     long, summary = tables["accuracy"], tables["accuracy_summary"]
-    assert len(long) == 4 * 4 + 4 * 2  # methods × test points, per task
+    # per task: 4 methods × test points vs the PBRF (main damping), 4 methods + the PBRF vs the exact GN (main),
+    # 4 methods vs the exact GN at damping 1
+    assert len(long) == 4 * (4 + 5 + 4) + 2 * (4 + 5 + 4)
+    assert set(long["reference"]) == {"pbrf", "exact_gn"} and set(long["damping_factor"]) == {0.1, 1.0}
+    assert (long[long["reference"] == "pbrf"]["damping_factor"] == 0.1).all()  # the PBRF at the main damping only
+    assert long["main_damping"].eq(long["damping_factor"] == 0.1).all()
     assert long["pearson"].between(-1, 1).all() and long["spearman"].between(-1, 1).all()
-    assert (long["seconds"] > 0).all() and (long["pbrf_seconds"] > 0).all()
+    assert (long["seconds"] > 0).all() and (long["pbrf_seconds"] > 0).all() and (long["reference_seconds"] > 0).all()
     meta = tables["_metadata"].iloc[0]
     # the tabular ground truth is verified: every solve converged and ε vs ε/2 agree
     assert meta["diabetes/pbrf_converged"] and meta["diabetes/pbrf_linear"]
@@ -65,19 +75,56 @@ def test_accuracy_study_end_to_end(tiny_cfg, tiny_world, tiny_output_dir):
     # solved to tol/10, the verified ground truth barely moves; the LM's 10-evaluation budget is reported as missed
     assert meta["diabetes/pbrf_tol10_rows"] == 2 and meta["diabetes/pbrf_tol10_rel_diff"] < 0.02
     assert meta["diabetes/pbrf_tol10_grad_ratio_max"] <= 1e-4 and meta["lm/pbrf_tol10_grad_ratio_max"] > 1e-5
+    # the exact GN: CG to its tolerance on diabetes at both dampings (verified); the LM's 10 iterations are not enough
+    assert meta["diabetes/exact_verified"] and meta["diabetes/exact_relative_residual_max"] <= 1e-8
+    assert meta["diabetes/exact_method"] == "cg" and meta["diabetes/exact_n_params"] > 2000
+    assert not meta["lm/exact_verified"] and meta["lm/exact_iterations"] == 10 and meta["lm/exact_max_iter"] == 10
+    assert meta["exact_unverified_tasks"] == "lm" and meta["exact_tasks"] == "diabetes,lm"
+    ex = long[long["reference"] == "exact_gn"]
+    assert ex["reference_verified"].eq(ex["task"] == "diabetes").all()
+    assert (ex["exact_relative_residual"] > 1e-8).eq(ex["task"] == "lm").all()
+    pb = long[long["reference"] == "pbrf"]
+    assert pb["reference_verified"].eq(pb["pbrf_converged"] & pb["pbrf_linear"]).all()
+    # LiSSA's rows carry its own residual where the implementation measures one (NaN otherwise, never elsewhere)
+    assert long[long["method"] != "lissa"]["lissa_relative_residual"].isna().all()
     # every score is kept, and the correlations are those of the kept scores
     sc = tables["accuracy_scores"]
-    assert len(sc) == 5 * (4 * 12 + 2 * 3) and set(sc["method"]) == {"pbrf", "ekfac", "kfac", "lissa", "identity"}
-    one = sc[(sc["task"] == "diabetes") & (sc["test_point"] == long["test_point"].iloc[0])].pivot(
-        index="train_row", columns="method", values="score"
-    )
-    assert math.isclose(long["pearson"].iloc[0], np.corrcoef(one["ekfac"], one["pbrf"])[0, 1], rel_tol=1e-9)
-    s = summary.set_index(["task", "method"])
-    assert not math.isnan(s.loc[("diabetes", "ekfac"), "pearson_sem"])
-    assert s.loc[("diabetes", "ekfac"), "pearson_mean"] > s.loc[("diabetes", "identity"), "pearson_mean"]
+    per_factor = 4 * 12 + 2 * 3
+    assert len(sc) == 6 * per_factor + 5 * per_factor  # main: 4 methods, exact, PBRF; damping 1: 4 methods, exact
+    assert set(sc["method"]) == {"pbrf", "exact_gn", "ekfac", "kfac", "lissa", "identity"}
+    for ref in ("pbrf", "exact_gn"):
+        first = long[(long["task"] == "diabetes") & (long["reference"] == ref) & (long["method"] == "ekfac")].iloc[0]
+        one = sc[(sc["task"] == "diabetes") & (sc["test_point"] == first["test_point"]) & (sc["damping_factor"] == 0.1)]
+        one = one.pivot(index="train_row", columns="method", values="score")
+        assert math.isclose(first["pearson"], np.corrcoef(one["ekfac"], one[ref])[0, 1], rel_tol=1e-9)
+    s = summary.set_index(["task", "damping_factor", "reference", "method"])
+    assert not math.isnan(s.loc[("diabetes", 0.1, "pbrf", "ekfac"), "pearson_sem"])
+    for ref in ("pbrf", "exact_gn"):
+        assert (
+            s.loc[("diabetes", 0.1, ref, "ekfac"), "pearson_mean"]
+            > s.loc[("diabetes", 0.1, ref, "identity"), "pearson_mean"]
+        )
+    # the PBRF is the exact GN's nonlinear counterpart: on the verified task they agree closely
+    assert s.loc[("diabetes", 0.1, "exact_gn", "pbrf"), "pearson_mean"] > 0.99
+    # the comparison with the paper is computed from these numbers, one sentence, for both references
+    top = tables["_summary"].iloc[0]
+    assert "EK-FAC ≈ LiSSA ≫ dot product" in top["finding"] and "the exact damped GN" in top["finding"]
+    assert top["holds_vs_pbrf"].endswith("of 2 tasks") and top["holds_vs_exact_gn"].endswith("of 2 tasks")
+    assert top["diabetes/pbrf_vs_exact_gn_pearson"] > 0.99
     run_dir = tiny_output_dir / "runs" / "latest"
-    assert len(pd.read_parquet(run_dir / "accuracy_summary.parquet")) == 8
+    assert len(pd.read_parquet(run_dir / "accuracy_summary.parquet")) == 2 * (4 + 5 + 4)
     assert json.loads((run_dir / "metadata.json").read_text())["study"] == "accuracy"
-    assert (run_dir / "figures" / "fig6_accuracy.png").exists() and (
-        run_dir / "figures" / "fig7_accuracy_vs_time.png"
-    ).exists()
+    for stem in ("fig6_accuracy", "fig7_accuracy_vs_time", "accuracy_vs_damping"):
+        assert (run_dir / "figures" / f"{stem}.png").exists(), stem
+
+
+def test_accuracy_options_are_checked():
+    from experiments.studies.accuracy import Options
+
+    with pytest.raises(InfluenceError, match="damping_factors value must be > 0"):
+        Options(damping_factors=[0.1, 0.0])
+    with pytest.raises(InfluenceError, match="lm_exact has no setting"):
+        Options(lm_exact={"tasks": ["lm"]})
+    with pytest.raises(InfluenceError, match="accuracy.exact: method='lu'"):
+        Options(lm_exact={"method": "lu"})
+    assert Options(damping_factor=0.1, damping_factors=[1.0, 0.1, 0.01]).factors == [0.1, 1.0, 0.01]
