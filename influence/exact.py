@@ -24,12 +24,12 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .batching import by_length, iter_batches, num_rows
-from .capture import eval_mode, frozen_parameters
+from .capture import eval_mode
 from .curvature import Curvature, FitConfig
 from .errors import InfluenceError
+from .gauss_newton import batch_products
 from .modules import TrackedLayer
 from .passes import resolve_device
 from .pbrf.objective import working_copy
@@ -49,44 +49,6 @@ class ExactSolve:
     method: str  # dense or cg
     seconds: float
     info: dict = field(default_factory=dict)
-
-
-def _batch_products(model, task, layers: list[TrackedLayer], batch: dict, vecs: torch.Tensor) -> torch.Tensor:
-    """Σ_b J_bᵀ H_b J_b v over one batch (not averaged) for the rows v of `vecs` (Q, n): one forward for all Q."""
-    params = [p for l in layers for p in l.parameters()]
-    out_rows = []
-    with frozen_parameters(model), torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
-        for p in params:
-            p.requires_grad_(True)
-        out = task.forward(model, batch)
-        w = torch.zeros_like(out, requires_grad=True)
-        jt_w = torch.autograd.grad(out, params, grad_outputs=w, create_graph=True)
-        for v in vecs:
-            v_params = [t.to(p.dtype) for t, p in zip(_split_params(layers, v), params)]
-            jv = torch.autograd.grad(jt_w, w, grad_outputs=v_params, retain_graph=True)[0]
-            res = torch.autograd.grad(out, params, grad_outputs=task.output_hvp(out, batch, jv), retain_graph=True)
-            out_rows.append(_join_params(layers, res))
-    return torch.stack(out_rows)
-
-
-def _split_params(layers: list[TrackedLayer], flat: torch.Tensor) -> list[torch.Tensor]:
-    """A flat vector (canonical layouts concatenated in layer order) as parameter-shaped tensors."""
-    out, k = [], 0
-    for l in layers:
-        size = l.shape[0] * l.shape[1]
-        out += l.to_parameter_grads(flat[k : k + size].reshape(l.shape))
-        k += size
-    return out
-
-
-def _join_params(layers: list[TrackedLayer], grads) -> torch.Tensor:
-    """Parameter-shaped tensors (layer order) as one flat vector of canonical layouts."""
-    out, k = [], 0
-    for l in layers:
-        n = len(l.parameters())
-        out.append(l.from_parameter_grads(list(grads[k : k + n])).reshape(-1))
-        k += n
-    return torch.cat(out)
 
 
 class GaussNewtonOperator:
@@ -138,7 +100,7 @@ class GaussNewtonOperator:
         total = torch.zeros_like(flat)
         with eval_mode(self.model):
             for batch in self.batches:
-                total += _batch_products(self.model, self.task, self.layers, batch, flat)
+                total += batch_products(self.model, self.task, self.layers, batch, flat)
         self.products += 1
         return total / self.n
 

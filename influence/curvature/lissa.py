@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..batching import by_length, iter_batches, num_rows, sample_indices
-from ..capture import eval_mode, frozen_parameters, sequence_gradients
+from ..capture import eval_mode, sequence_gradients
 from ..errors import InfluenceError
+from ..gauss_newton import gauss_newton_product
 from ..passes import capture_batches, resolve_device
 from .base import Curvature, FitConfig, layer_damping, register
 
@@ -95,31 +96,6 @@ class LissaConfig(FitConfig):
                 raise InfluenceError(f"lissa {key}={getattr(self, key)!r}: give an integer >= 1")
         if self.tolerance is not None and not self.tolerance > 0:
             raise InfluenceError(f"lissa tolerance={self.tolerance}: give a number > 0, or null")
-
-
-def gauss_newton_product(model, task, layers, batch, vec: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """(1/B) Σ_b J_bᵀ H_b J_b v on one batch, v and the result in canonical (P, M+1) layout."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    params = [p for l in layers for p in l.parameters()]
-    # the double-backward trick needs twice-differentiable attention: fused SDPA kernels are not, MATH is
-    with frozen_parameters(model), torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
-        for p in params:
-            p.requires_grad_(True)
-        out = task.forward(model, batch)
-        w = torch.zeros_like(out, requires_grad=True)
-        jt_w = torch.autograd.grad(out, params, grad_outputs=w, create_graph=True)
-        v_params = [t.to(p.dtype) for l in layers for t, p in zip(l.to_parameter_grads(vec[l.name]), l.parameters())]
-        jv = torch.autograd.grad(jt_w, w, grad_outputs=v_params)[0]
-        hjv = task.output_hvp(out, batch, jv)
-        res = torch.autograd.grad(out, params, grad_outputs=hjv)
-    n = next(iter(batch.values())).shape[0]
-    out_vec, i = {}, 0
-    for l in layers:
-        k = len(l.parameters())
-        out_vec[l.name] = l.from_parameter_grads(list(res[i : i + k])) / n
-        i += k
-    return out_vec
 
 
 def _dot(a, b):
