@@ -75,7 +75,7 @@ def main(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     Everything that can be checked without work is checked first (options, study options, the tracker, that the
     output directories are writable); then the run claims its directory (`status.json`: running), and marks it
     complete, or failed with the error, when it ends. A killed run keeps "running" with a pid that is gone."""
-    check_options(cfg)  # a bad score, scale or layers option fails before any work
+    check_options(cfg)  # a bad option, data or model block, checkpoint, corpus path or query list fails before any work
     name = str(cfg.study)
     study = None if name == "paper" else get_study(name)
     if study is not None:
