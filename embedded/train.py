@@ -12,7 +12,6 @@ import json
 import math
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
 from influence.errors import InfluenceError
-from influence.storage import atomic_dir, atomic_write_text, check_dir, write_failure
+from influence.storage import atomic_dir, atomic_write_text, check_dir, probe_writable, write_failure
 
 from . import recall
 from .corpus import quotes as quotes_mod
@@ -220,9 +219,7 @@ def train_and_save(cfg: DictConfig, prep: Prepared | None = None) -> Path:
 def check_room(directory: Path, need: int) -> None:
     """Refuse to start work whose result cannot be saved: `directory` must be writable with `need` bytes free."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-")
-        probe.close()
+        probe_writable(directory)
     except OSError as e:
         raise write_failure(directory, e) from None
     free = shutil.disk_usage(directory).free

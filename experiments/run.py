@@ -141,8 +141,9 @@ def cli(cfg: DictConfig) -> None:
     except OSError as e:  # a write no retry fixes (full disk, read-only directory): one line, not a traceback
         if e.errno not in DISK_ERRNOS:
             raise
-        log.error("%s", write_failure(e.filename or "a result file", e))
-        sys.exit(f"error: {write_failure(e.filename or 'a result file', e)}")
+        failure = write_failure(e.filename or "a result file", e)
+        log.error("%s", failure)
+        sys.exit(f"error: {failure}")
     finally:
         distributed.shutdown()
 

@@ -52,7 +52,7 @@ def write_failure(path: str | Path, e: OSError) -> InfluenceError:
 
 
 def _owner_tag() -> str:
-    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+    return f"{host_tag()}-{os.getpid()}"
 
 
 def _temp_name(path: Path) -> str:
@@ -79,24 +79,41 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def host_tag() -> str:
+    """This host's name as temporaries and run statuses record it (no dots, so names split on them)."""
+    return socket.gethostname().replace(".", "_")
+
+
+def process_alive(host: str, pid) -> bool:
+    """Whether process `pid` on `host` still runs. One on another host, or one this process cannot look up, is
+    presumed alive (never delete or take over what might be in use)."""
+    if host not in (host_tag(), socket.gethostname()):
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError, TypeError):  # another user's, or not a pid
+        return True
+    return True
+
+
+def probe_writable(directory: str | Path) -> None:
+    """Create `directory` and a file in it (removed again): raises the OSError a real write there would."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-").close()
+
+
 def _writer_gone(name: str) -> bool:
-    """Whether the temporary `name` (".<file>.<host>-<pid>.<random>.tmp") was left by a process that has ended.
-    A writer on another host, or one this process cannot identify, is presumed alive."""
+    """Whether the temporary `name` (".<file>.<host>-<pid>.<random>.tmp") was left by a process that has ended."""
     parts = name.split(".")
     if len(parts) < 4 or "-" not in parts[-3]:
         return False
     host, _, pid = parts[-3].rpartition("-")
-    if host != socket.gethostname().replace(".", "_") or not pid.isdigit():
+    if not pid.isdigit() or int(pid) == os.getpid():
         return False
-    if int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, owned by another user
-        return False
-    return False
+    return not process_alive(host, pid)
 
 
 def remove_stale_temporaries(directory: str | Path, pattern: str = ".*.tmp") -> list[Path]:

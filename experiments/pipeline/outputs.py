@@ -22,7 +22,15 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from influence import InfluenceError
-from influence.storage import DISK_ERRNOS, atomic_write, atomic_write_text, save_tensors, write_failure
+from influence.storage import (
+    DISK_ERRNOS,
+    atomic_write,
+    atomic_write_text,
+    probe_writable,
+    process_alive,
+    save_tensors,
+    write_failure,
+)
 
 STATUS = "status.json"
 
@@ -96,8 +104,7 @@ def check_writable(directories: list[Path]) -> None:
     """Fail before any work when a directory results or caches go to cannot be written."""
     for d in directories:
         try:
-            d.mkdir(parents=True, exist_ok=True)
-            tempfile.NamedTemporaryFile(dir=d, prefix=".write-probe-").close()
+            probe_writable(d)
         except OSError as e:
             raise InfluenceError(
                 f"cannot write to {d}: {e.strerror or e} (make it writable or choose another paths.output_dir)"
@@ -117,8 +124,7 @@ class RunDirectoryCheck(Callback):
 
 def _create_or_exit(directory: Path) -> None:
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-").close()
+        probe_writable(directory)
     except OSError as e:
         sys.exit(
             f"error: cannot create the run directory {directory}: {e.strerror or e} "
@@ -130,26 +136,13 @@ def _now() -> str:
     return datetime.datetime.now().isoformat(timespec="seconds")
 
 
-def _alive(status: dict) -> bool:
-    """Whether the process a status names still runs (a process on another host is presumed alive)."""
-    if status.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(status.get("pid", -1)), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, OverflowError):
-        return True
-    return True
-
-
 def read_status(run_dir: Path) -> dict | None:
     """The run's status.json, with `state` "killed" for a run whose process ended without finishing."""
     try:
         status = json.loads((Path(run_dir) / STATUS).read_text())
     except (OSError, ValueError):
         return None
-    if status.get("state") == "running" and not _alive(status):
+    if status.get("state") == "running" and not process_alive(status.get("host"), status.get("pid")):
         status["state"] = "killed"
     return status
 

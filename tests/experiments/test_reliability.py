@@ -25,7 +25,7 @@ from experiments.pipeline.stages import search_stage
 from experiments.report import publish
 from experiments.runs import run_table
 from experiments.studies import get_study
-from influence import InfluenceError
+from influence import InfluenceError, storage
 from influence.fingerprint import config_fingerprint
 
 from .conftest import compose_cfg
@@ -172,14 +172,14 @@ def test_a_model_that_cannot_be_saved_fails_before_training_or_in_one_line(tiny_
 
 
 def test_a_read_only_cache_directory_fails_before_any_work(tiny_cfg, tiny_output_dir, monkeypatch):
-    real = outputs.tempfile.NamedTemporaryFile
+    real = storage.tempfile.NamedTemporaryFile
 
     def probe(*a, dir=None, **k):
         if Path(dir).name == "factors":
             raise PermissionError(errno.EROFS, "Read-only file system", dir)
         return real(*a, dir=dir, **k)
 
-    monkeypatch.setattr(outputs.tempfile, "NamedTemporaryFile", probe)
+    monkeypatch.setattr(storage.tempfile, "NamedTemporaryFile", probe)
     monkeypatch.setattr(runner, "build_world_ranked", lambda cfg: pytest.fail("work started"))
     with pytest.raises(InfluenceError, match=r"cannot write to .*factors: Read-only file system \(make it writable"):
         runner.main(tiny_cfg)
