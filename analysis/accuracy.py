@@ -226,6 +226,34 @@ def correlation_vs_damping(table: pd.DataFrame, metric: str = "pearson") -> plt.
     return fig
 
 
+def lds_bars(table: pd.DataFrame) -> plt.Figure:
+    """The linear datamodeling score per method, one panel per tabular task (from `accuracy_lds_summary`): the mean
+    Spearman r over test points between each method's subset sums and the retrained models' measured f, with its
+    bootstrap interval; the retraining reference beside the PBRF's Figs. 6-7."""
+    tasks = list(dict.fromkeys(table["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(0.6 + 2.6 * len(tasks), 3.0), squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        g = table[table["task"] == t].reset_index(drop=True)
+        x = np.arange(len(g))
+        err = np.vstack([g["lds_mean"] - g["lds_ci_low"], g["lds_ci_high"] - g["lds_mean"]]).clip(min=0)
+        ax.bar(
+            x,
+            g["lds_mean"],
+            yerr=np.nan_to_num(err),
+            capsize=3,
+            color=[COLORS.get(m, "tab:green") for m in g["method"]],
+        )
+        ax.set_xticks(x, [LABELS.get(m, m) for m in g["method"]], rotation=30, ha="right", fontsize=7)
+        n = int(g["n_subsets"].iloc[0]) if "n_subsets" in g else 0
+        ax.set_title(f"{t} ({n} retrained subsets)", fontsize=9)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_ylim(min(-0.1, float(g["lds_ci_low"].min()) - 0.05), 1.0)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("LDS (Spearman r, mean over test points)")
+    fig.tight_layout()
+    return fig
+
+
 def _holds(r: pd.Series) -> tuple[bool, str] | None:
     """The paper's "EK-FAC ≈ LiSSA ≫ dot product" on one task's mean Pearson r per method (the scorecard's criterion:
     |EK-FAC − LiSSA| ≤ 0.1 and EK-FAC − dot ≥ 0.1): (holds, the numbers and what fails)."""

@@ -97,6 +97,15 @@ def linear_datamodeling_score(
         raise ValueError(f"the LDS needs at least 3 subsets, got {pred.shape[0]}")
     per_query = np.array([_spearman(pred[:, q], outputs[:, q]) for q in range(pred.shape[1])])
     ok = per_query[~np.isnan(per_query)]
+    mean, sem, lo, hi = mean_interval(ok, n_bootstrap, confidence, seed)
+    return LDSResult(per_query, mean, sem, lo, hi, n_subsets=int(pred.shape[0]), n_queries=int(len(ok)))
+
+
+def mean_interval(values, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0):
+    """(mean, standard error, bootstrap low, high) of per-query values, nan ignored: the percentile interval of
+    the mean with the queries resampled (seeded); nan where fewer than 2 values are defined."""
+    ok = _array(values)
+    ok = ok[~np.isnan(ok)]
     mean = float(ok.mean()) if len(ok) else math.nan
     sem = float(ok.std(ddof=1) / math.sqrt(len(ok))) if len(ok) > 1 else math.nan
     lo = hi = math.nan
@@ -105,7 +114,21 @@ def linear_datamodeling_score(
         boot = ok[rng.integers(0, len(ok), size=(n_bootstrap, len(ok)))].mean(1)
         alpha = (1 - confidence) / 2
         lo, hi = (float(v) for v in np.quantile(boot, [alpha, 1 - alpha]))
-    return LDSResult(per_query, mean, sem, lo, hi, n_subsets=int(pred.shape[0]), n_queries=int(len(ok)))
+    return mean, sem, lo, hi
+
+
+def lds_summary(per_query: pd.DataFrame, by=("task", "method"), **options) -> pd.DataFrame:
+    """Mean LDS over queries per group of `by` (from per-query rows with an `lds` column): lds_mean, lds_sem,
+    lds_ci_low, lds_ci_high (`mean_interval`, options passed on) and n_queries."""
+    out = []
+    for key, g in per_query.groupby(list(by), sort=False):
+        mean, sem, lo, hi = mean_interval(g["lds"].to_numpy(), **options)
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        row.update(lds_mean=mean, lds_sem=sem, lds_ci_low=lo, lds_ci_high=hi, n_queries=int(g["lds"].notna().sum()))
+        if "n_subsets" in g:
+            row["n_subsets"] = int(g["n_subsets"].iloc[0])
+        out.append(row)
+    return pd.DataFrame(out)
 
 
 def lds_table(long: pd.DataFrame, masks, outputs, query_names, **options) -> pd.DataFrame:

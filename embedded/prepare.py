@@ -26,7 +26,16 @@ from .tokenizer import load_tokenizer, train_tokenizer
 log = logging.getLogger(__name__)
 
 # data keys that change the generated corpus (seq_len does not: it only cuts rows)
-CORPUS_KEYS = ("seed", "n_docs", "mix", "quote_copies", "val_fraction", "n_heldout", "translated_fraction")
+CORPUS_KEYS = (
+    "seed",
+    "n_docs",
+    "mix",
+    "quote_copies",
+    "val_fraction",
+    "n_heldout",
+    "translated_fraction",
+    "fact_repeats",
+)
 
 
 @dataclasses.dataclass
@@ -80,6 +89,7 @@ def generate_corpus(cfg: DictConfig) -> corpus_mod.Corpus:
         val_fraction=float(d.val_fraction),
         n_heldout=int(d.n_heldout),
         translated_fraction=float(d.translated_fraction),
+        fact_repeats=int(d.get("fact_repeats", 1)),
     )
 
 

@@ -289,7 +289,8 @@ def _cached_model(path: Path, model, selection: bool = False) -> dict | None:
     return {k: json.loads(meta[k]) for k in ("training", "weight_decay_selection") if k in meta}
 
 
-def _is_auto(weight_decay) -> bool:
+def is_auto_weight_decay(weight_decay) -> bool:
+    """True for "auto" (chosen on held-out loss); False for a number; InfluenceError for anything else."""
     if isinstance(weight_decay, str) and weight_decay.strip().lower() == "auto":
         return True
     try:
@@ -335,7 +336,7 @@ def build_tabular(
     )
     grad_tol = float(spec["grad_tol"])
     hidden = [int(h) for h in spec["hidden"]]
-    auto = _is_auto(spec["weight_decay"])
+    auto = is_auto_weight_decay(spec["weight_decay"])
     train, test = load_arrays(name, test_fraction, seed)
     kind = spec["kind"]
     task = _task_for(kind)

@@ -67,12 +67,19 @@ def generate(
     val_fraction: float = 0.02,
     n_heldout: int = 24,
     translated_fraction: float = 0.3,
+    fact_repeats: int = 1,
 ) -> Corpus:
-    """Build the whole corpus deterministically from `seed`."""
+    """Build the whole corpus deterministically from `seed`.
+
+    The facts family keeps its `mix` share of documents; `fact_repeats` trades the number of facts for exposures:
+    each fact's statements (every rewording, flipped ones too when it is stated both ways) are written
+    `fact_repeats` times, each time in fresh frames, so there are about 1/fact_repeats as many facts."""
+    if int(fact_repeats) < 1:
+        raise ValueError(f"data.fact_repeats={fact_repeats}: give an integer >= 1")
     per_family = counts(n_docs, mix)
     taken: set[str] = {w for f in facts.CORE + facts.HELDOUT_CORE for w in (f.subject, f.object)}
     heldout = facts.HELDOUT_CORE + facts.generate_facts(_rng(seed, "heldout"), n_heldout, "heldout_", taken)
-    n_facts = max(0, int(per_family["facts"] / _DOCS_PER_FACT) - len(facts.CORE))
+    n_facts = max(0, int(per_family["facts"] / (_DOCS_PER_FACT * int(fact_repeats))) - len(facts.CORE))
     generated = facts.generate_facts(_rng(seed, "facts"), n_facts, "fact_", taken)
     all_facts = facts.CORE + generated
     # Only generated capital/president facts get translations; the core facts stay English-only.
@@ -82,7 +89,9 @@ def generate(
     ]
 
     rng = _rng(seed, "facts", "docs")
-    train = [d for f in all_facts for d in facts.fact_documents(f, rng)]
+    train = [
+        d | {"repeat": r} for f in all_facts for r in range(int(fact_repeats)) for d in facts.fact_documents(f, rng)
+    ]
     train += quotes.generate(_rng(seed, "quotes"), tuple(quote_copies))
     train += prose.public_domain_documents()
     for fam in FAMILIES:

@@ -181,7 +181,7 @@ def check_required(cfg: DictConfig) -> None:
 
 
 #: integer keys of the data blocks (conf/data) and their least valid values
-DATA_INTEGERS = {"seq_len": 8, "n_docs": 1, "n_heldout": 0, "seed": 0}
+DATA_INTEGERS = {"seq_len": 8, "n_docs": 1, "n_heldout": 0, "seed": 0, "fact_repeats": 1}
 #: keys of the data blocks that are shares in [0, 1]
 DATA_FRACTIONS = ("val_fraction", "translated_fraction")
 

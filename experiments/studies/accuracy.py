@@ -16,6 +16,14 @@ Bregman term over the training rows, or a configured subset) and the world's lan
 | prompt) of its first queries; G and the Bregman term over a fixed subset of training sequences). The scored
 training rows are drawn from the Bregman rows. `exact.tasks` chooses the tasks with the exact reference.
 
+The tabular models are trained as a practitioner would: `weight_decay` "auto" chooses it on held-out loss
+(`embedded.tabular.select_weight_decay`) before any influence is computed, and their train/test loss and accuracy
+are in the metadata (`task` keeps each task's fixed value, the saturated variant). A third, retraining-based
+reference on the tabular tasks, the linear datamodeling score (`lds`; `analysis.lds`): `lds.n_subsets` models
+retrained from scratch on random `lds.fraction` subsets (`embedded.tabular.retrain_on_subsets`), and per method the
+Spearman r over subsets between its summed scores of each subset's rows (every training row scored, main
+damping) and the retrained model's f on the test point (tables `accuracy_lds`, `accuracy_lds_summary`).
+
 Damping sweep: at every factor of `damping_factors` (and `damping_factor`, the main one, which Figs. 6–7 and the
 scorecard read) every method is fitted with that factor and compared with the exact reference at EK-FAC's damping
 for it. The PBRF depends on the damping too, and each solve costs hundreds of objective evaluations per training
@@ -37,8 +45,9 @@ reference was verified (`reference_verified`), and LiSSA's rows carry its own me
 Tables: `accuracy` (one row per task × damping factor × reference × method × test point: Pearson and Spearman
 r, the method's seconds, fitting included), `accuracy_summary` (mean ± standard error over test points per task ×
 damping × reference × method), `accuracy_scores` (every score, each method's, the exact reference's and the
-PBRF's, per damping, test point and training row) and `_summary` (the comparison with the paper's
-"EK-FAC ≈ LiSSA ≫ dot product", per reference, computed from the main damping's numbers).
+PBRF's, per damping, test point and training row), `accuracy_lds` / `accuracy_lds_summary` (the LDS per method and
+test point, and its mean with a bootstrap interval) and `_summary` (the comparison with the paper's
+"EK-FAC ≈ LiSSA ≫ dot product", per reference, computed from the main damping's numbers, and each task's LDS).
 """
 
 from __future__ import annotations
@@ -60,12 +69,14 @@ from analysis.accuracy import (
     correlation_bars,
     correlation_vs_damping,
     correlation_vs_time,
+    lds_bars,
     paper_comparison,
     summary_table,
 )
 from analysis.figures import figure
+from analysis.lds import lds_summary, linear_datamodeling_score
 from analysis.scorecard import Finding, estimators_vs_pbrf
-from embedded.tabular import build_tabular
+from embedded.tabular import build_tabular, is_auto_weight_decay, retrain_on_subsets
 from influence import InfluenceError, LanguageModelTask, compute_scores, fit_curvature
 from influence.batching import sample_indices
 from influence.exact import ExactGaussNewton
@@ -86,8 +97,24 @@ TABULAR_KEYS = ("max_train_points", "bregman_rows", "epsilon", "n_test_points", 
 
 @dataclass
 class LissaOptions:
-    depth: int = option(500, "LiSSA recursion depth")
+    depth: int = option(500, "LiSSA recursion depth (the first stage, with tolerance)")
     batch_size: int = option(32, "LiSSA batch size")
+    tolerance: float | None = option(None, "go deeper (doubling) until the relative residual is at most this")
+    max_depth: int = option(6400, "the most steps tolerance may take a solve to")
+
+
+@dataclass
+class LDSOptions:
+    n_subsets: int = option(100, "retrained models per tabular task (0: no LDS); each a from-scratch L-BFGS fit")
+    fraction: float = option(0.5, "share of the training rows in each subset")
+    tasks: list[str] = option(help="tabular tasks with the LDS", factory=lambda: list(TASKS[:2]))
+    vary_init: bool = option(False, "each retrain from its own seeded initialization (default: the model's)")
+
+    def __post_init__(self):
+        if sorted(set(self.tasks) - set(TASKS[:2])):
+            raise InfluenceError(f"accuracy.lds.tasks: {sorted(set(self.tasks) - set(TASKS[:2]))} not tabular tasks")
+        if self.n_subsets < 0 or (0 < self.n_subsets < 3) or not 0 < self.fraction < 1:
+            raise InfluenceError("accuracy.lds needs n_subsets = 0 or >= 3 and a fraction in (0, 1)")
 
 
 @dataclass
@@ -142,8 +169,17 @@ class Options:
     n_test_points: int = option(10, "random test points per tabular task (f = loss on the point)")
     max_train_points: int = option(500, "training points whose influence is compared")
     test_fraction: float = option(0.2, "seeded train/test split of the tabular data")
+    weight_decay: Any = option(
+        "auto",
+        "the tabular MLPs' weight decay: auto (chosen on held-out loss before any influence), a number, or `task` "
+        "(each task's fixed value: the saturated variant); accuracy.tabular.<task>.weight_decay overrides",
+    )
+    lds: LDSOptions = option(help="the linear datamodeling score from retrained tabular models", factory=LDSOptions)
     epsilon: float = option(1e-3, "PBRF weight of z_m; must stay well below 1/N (N = Bregman rows)")
-    lissa: LissaOptions = option(help="LiSSA's settings on the tabular tasks", factory=LissaOptions)
+    lissa: LissaOptions = option(
+        help="LiSSA's settings on the tabular tasks",
+        factory=lambda: LissaOptions(depth=1000, batch_size=32, tolerance=0.01, max_depth=64000),
+    )
     pbrf: PBRFOptions = option(help="the PBRF solver", factory=PBRFOptions)
     linearity_rows: int = option(10, "scored rows re-solved at ε/2 (0: no check, and pbrf_linear is False)")
     linearity_tol: float = option(0.05, "‖s(ε) − s(ε/2)‖ / ‖s(ε/2)‖ above this: the PBRF is not in its linear regime")
@@ -184,6 +220,8 @@ class Options:
             raise InfluenceError("accuracy needs n_test_points >= 1, lm_queries >= 1 and lm_train_sequences >= 3")
         if self.linearity_rows < 0 or not self.linearity_tol > 0 or self.tolerance_rows < 0:
             raise InfluenceError("accuracy needs linearity_rows >= 0, tolerance_rows >= 0 and linearity_tol > 0")
+        if str(self.weight_decay) != "task":
+            is_auto_weight_decay(self.weight_decay)  # a number or auto: checked now, not after the first task
         if not all(f > 0 for f in [self.damping_factor, *self.damping_factors]):
             raise InfluenceError("accuracy.damping_factor and every accuracy.damping_factors value must be > 0")
         for name, per in self.tabular.items():
@@ -250,11 +288,13 @@ class Comparison:
     method_options: dict
     pbrf: dict
     exact: ExactOptions | None  # None: no exact reference for this task
+    every_row: bool = False  # also score every row of score_data at the main damping (the LDS's datamodel)
 
 
-def _fit_methods(c: Comparison, methods: list[str], factor: float) -> tuple[dict, dict]:
+def _fit_methods(c: Comparison, methods: list[str], factor: float, every_row: bool = False) -> tuple[dict, dict]:
     """Every method fitted with damping `factor`, the damped ones then given EK-FAC's λ_ℓ (an undamped one, the dot
-    product, stays undamped), and scored: ({method: (curvature, scores)}, {method: seconds, fitting included})."""
+    product, stays undamped), and scored: ({method: (curvature, scores)}, {method: seconds, fitting included}).
+    Scores are of `c.score_rows`, or with `every_row` of every row of `c.score_data` (one solve serves both)."""
     fitted, seconds = {}, {}
     for method in ["ekfac"] + [m for m in methods if m != "ekfac"]:
         t0 = time.perf_counter()
@@ -266,7 +306,8 @@ def _fit_methods(c: Comparison, methods: list[str], factor: float) -> tuple[dict
             own_damping = ";".join(f"{k}={v:.6g}" for k, v in curv.damping.items())
             curv = curv.with_damping(fitted["ekfac"][0].damping)
             curv.info["own_damping"] = own_damping
-        result = compute_scores(c.model, c.task, curv, c.queries, c.score_data, indices=c.score_rows)
+        rows = None if every_row else c.score_rows
+        result = compute_scores(c.model, c.task, curv, c.queries, c.score_data, indices=rows)
         seconds[method] = time.perf_counter() - t0
         fitted[method] = (curv, result.scores)
         log.info("%s %s at damping factor %g: %.2fs", c.name, method, factor, seconds[method])
@@ -400,9 +441,10 @@ def pbrf_reference(c: Comparison, opts: Options, ekfac) -> tuple[Any, dict, dict
     return truth, flags, info
 
 
-def exact_reference(c: Comparison, ekfac, exact: ExactGaussNewton | None):
+def exact_reference(c: Comparison, ekfac, exact: ExactGaussNewton | None, every_row: bool = False):
     """The exact damped GN scores at EK-FAC's damping: (scores, seconds, its diagnostics, the operator to reuse).
-    The first call builds the operator (a float64 copy of the model, the fitting batches): its time is counted."""
+    The first call builds the operator (a float64 copy of the model, the fitting batches): its time is counted.
+    Scores of `c.score_rows`, or with `every_row` of every row of `c.score_data`."""
     t0 = time.perf_counter()
     if exact is None:
         e = c.exact
@@ -420,7 +462,8 @@ def exact_reference(c: Comparison, ekfac, exact: ExactGaussNewton | None):
         )
     curv = exact.with_damping(ekfac.damping)
     curv.preconditioner = ekfac if c.exact.precondition == "ekfac" else None
-    scores = compute_scores(c.model, c.task, curv, c.queries, c.score_data, indices=c.score_rows).scores
+    rows = None if every_row else c.score_rows
+    scores = compute_scores(c.model, c.task, curv, c.queries, c.score_data, indices=rows).scores
     seconds = time.perf_counter() - t0
     d = dict(curv.diagnostics)
     log.info(
@@ -486,23 +529,30 @@ def _method_info(c: Comparison, fitted: dict, seconds: dict) -> dict:
     if "lissa" in fitted:
         curv = fitted["lissa"][0]
         info[f"{c.name}/lissa_scale"] = curv.info.get("scale", "")
-        info[f"{c.name}/lissa_final_relative_step_max"] = curv.diagnostics.get("final_relative_step", "")
-        info[f"{c.name}/lissa_relative_residual"] = curv.diagnostics.get("relative_residual", "")
+        d = curv.diagnostics
+        info[f"{c.name}/lissa_relative_residual"] = d.get("relative_residual", "")
+        info[f"{c.name}/lissa_depth"] = d.get("depth", "")
+        info[f"{c.name}/lissa_converged"] = d.get("converged", "")  # only with a tolerance
     return info
 
 
-def compare(c: Comparison, opts: Options) -> tuple[list[dict], dict, pd.DataFrame]:
+def compare(c: Comparison, opts: Options) -> tuple[list[dict], dict, pd.DataFrame, dict]:
     """Every estimator against the PBRF (at the main damping) and the exact GN (at every damping of the sweep), and
-    the PBRF against the exact GN: the long table's rows, the metadata, and every score (long)."""
+    the PBRF against the exact GN: the long table's rows, the metadata, every score (long), and with
+    `c.every_row` each method's and the exact GN's scores of every row at the main damping ({name: (Q, N)})."""
     if "ekfac" not in opts.methods:
         raise InfluenceError("accuracy.methods must include ekfac: its per-layer damping defines the references")
     rows, scores, info, exact, residuals = [], [], {}, None, []
     with_exact = c.exact is not None
-    pbrf, pbrf_flags = None, {}
+    pbrf, pbrf_flags, every = None, {}, {}
     factors = opts.factors if with_exact else opts.factors[:1]  # the sweep compares with the exact GN only
     for factor in factors:  # the main damping first: the PBRF's flags then go on every row
         main = factor == factors[0]
-        fitted, seconds = _fit_methods(c, list(opts.methods), factor)
+        all_rows = main and c.every_row
+        fitted, seconds = _fit_methods(c, list(opts.methods), factor, all_rows)
+        if all_rows:
+            every = {m: sc for m, (_, sc) in fitted.items()}
+            fitted = {m: (curv, sc[:, c.score_rows]) for m, (curv, sc) in fitted.items()}
         ekfac = fitted["ekfac"][0]
         estimates = {m: (fitted[m][1], seconds[m], {}) for m in opts.methods}
         if "lissa" in fitted:  # its own measured residual, where the implementation reports one
@@ -511,7 +561,9 @@ def compare(c: Comparison, opts: Options) -> tuple[list[dict], dict, pd.DataFram
         named = [(m, fitted[m][1]) for m in opts.methods]
         ex_common = {}
         if with_exact:
-            ex_scores, ex_seconds, diag, exact = exact_reference(c, ekfac, exact)
+            ex_scores, ex_seconds, diag, exact = exact_reference(c, ekfac, exact, all_rows)
+            if all_rows:
+                every["exact_gn"], ex_scores = ex_scores, ex_scores[:, c.score_rows]
             residual = float(diag.get("relative_residual", math.nan))
             residuals.append(residual)
             ex_common = {"exact_relative_residual": residual, "exact_iterations": int(diag.get("iterations", 0))}
@@ -543,7 +595,7 @@ def compare(c: Comparison, opts: Options) -> tuple[list[dict], dict, pd.DataFram
     info[f"{c.name}/damping_factors"] = ",".join(f"{f:g}" for f in factors)
     info[f"{c.name}/n_train_points"] = len(c.score_rows)
     info[f"{c.name}/n_test_points"] = len(c.query_names)
-    return rows, info, pd.DataFrame(scores)
+    return rows, info, pd.DataFrame(scores), every
 
 
 def _method_options(methods: list[str], seed: int, lissa: LissaOptions) -> dict:
@@ -553,7 +605,64 @@ def _method_options(methods: list[str], seed: int, lissa: LissaOptions) -> dict:
     return opts
 
 
-def tabular_task(name: str, opts: Options, cfg) -> tuple[list[dict], dict, pd.DataFrame]:
+def _build_options(opts: Options, per: dict) -> dict:
+    """build_tabular's options for one task: its own settings, then the study-wide weight decay ("task": the
+    task's fixed default, i.e. no option)."""
+    out = {k: per[k] for k in _TABULAR_BUILD_KEYS if k in per}
+    if "weight_decay" not in out and str(opts.weight_decay) != "task":
+        out["weight_decay"] = opts.weight_decay
+    return out
+
+
+def lds_reference(problem, c: Comparison, every: dict, opts: Options, cfg) -> tuple[list[dict], dict]:
+    """The linear datamodeling score of every method (and the exact GN) at the main damping: models retrained from
+    scratch on `lds.n_subsets` random subsets of the training rows, f measured on the task's test points, each
+    method's scores of every training row summed per subset (`analysis.lds`). Rows per (method, test point)."""
+    o = opts.lds
+    record: dict = {}
+    t0 = time.perf_counter()
+    masks, outputs = retrain_on_subsets(
+        problem,
+        o.n_subsets,
+        o.fraction,
+        seed=int(cfg.seed) + 3,
+        queries=c.queries,
+        output_dir=cfg.paths.output_dir,
+        vary_init=o.vary_init,
+        record=record,
+    )
+    seconds = time.perf_counter() - t0
+    rows, info = [], {}
+    for method, scores in every.items():
+        res = linear_datamodeling_score(scores, masks, outputs, seed=int(cfg.seed))
+        rows += [
+            {"task": c.name, "method": method, "test_point": q, "lds": float(v), "n_subsets": res.n_subsets}
+            for q, v in zip(c.query_names, res.per_query)
+        ]
+        info[f"{c.name}/lds_{method}"] = res.mean
+        info[f"{c.name}/lds_{method}_ci"] = f"[{res.ci_low:.3f}, {res.ci_high:.3f}]"
+    info.update(
+        {
+            f"{c.name}/lds_n_subsets": o.n_subsets,
+            f"{c.name}/lds_subset_rows": record["subset_size"],
+            f"{c.name}/lds_retrain_seconds": seconds,
+            f"{c.name}/lds_retrain_cached": record["cached"],
+            f"{c.name}/lds_retrain_iterations_max": max(record["iterations"]),
+            f"{c.name}/lds_retrain_grad_max": max(record["grad_max"]),
+        }
+    )
+    log.info(
+        "%s LDS over %d retrained subsets of %d rows (%.1fs): %s",
+        c.name,
+        o.n_subsets,
+        record["subset_size"],
+        seconds,
+        ", ".join(f"{m} {info[f'{c.name}/lds_{m}']:.3f}" for m in every),
+    )
+    return rows, info
+
+
+def tabular_task(name: str, opts: Options, cfg) -> tuple[list[dict], dict, pd.DataFrame, list[dict]]:
     seed = int(cfg.seed)
     per = dict(opts.tabular.get(name) or {})  # this task's settings; the study-wide ones otherwise
     problem = build_tabular(
@@ -561,7 +670,7 @@ def tabular_task(name: str, opts: Options, cfg) -> tuple[list[dict], dict, pd.Da
         output_dir=cfg.paths.output_dir,
         seed=seed,
         test_fraction=opts.test_fraction,
-        **{k: per[k] for k in _TABULAR_BUILD_KEYS if k in per},
+        **_build_options(opts, per),
     )
     n_train, n_test = problem.train["x"].shape[0], problem.test["x"].shape[0]
     # the scored rows lie inside the Bregman rows: otherwise the −ε side of the PBO has nothing anchoring
@@ -582,14 +691,29 @@ def tabular_task(name: str, opts: Options, cfg) -> tuple[list[dict], dict, pd.Da
         method_options=_method_options(list(opts.methods), seed, opts.lissa),
         pbrf={**asdict(opts.pbrf), "epsilon": float(per.get("epsilon", opts.epsilon))},
         exact=opts.exact if name in opts.exact.tasks else None,
+        every_row=opts.lds.n_subsets > 0 and name in opts.lds.tasks,
     )
-    out, info, scores = compare(c, opts)
+    out, info, scores, every = compare(c, opts)
+    pi = problem.info
     info[f"{name}/model"] = (
-        f"MLP {problem.info['hidden']} {problem.info['activation']}, weight decay "
-        f"{problem.info['weight_decay']}, train {problem.info['train_metrics']}, "
-        f"test {problem.info['test_metrics']}"
+        f"MLP {pi['hidden']} {pi['activation']}, weight decay {pi['weight_decay']}, train {pi['train_metrics']}, "
+        f"test {pi['test_metrics']}"
     )
-    return out, info, scores
+    info[f"{name}/weight_decay"] = float(pi["weight_decay"])
+    info[f"{name}/weight_decay_rule"] = "auto" if "weight_decay_selection" in pi else "fixed"
+    for split in ("train", "test"):
+        for k, v in pi[f"{split}_metrics"].items():
+            info[f"{name}/{split}_{k}"] = float(v)
+    if "weight_decay_selection" in pi:
+        sel = pi["weight_decay_selection"]
+        info[f"{name}/weight_decay_grid"] = ",".join(f"{w:g}" for w in sel["grid"])
+        info[f"{name}/weight_decay_validation_loss"] = ",".join(f"{v:.4g}" for v in sel["validation_loss"])
+        info[f"{name}/weight_decay_at_grid_edge"] = bool(sel["at_grid_edge"])
+    lds_rows = []
+    if every:
+        lds_rows, lds_info = lds_reference(problem, c, every, opts, cfg)
+        info.update(lds_info)
+    return out, info, scores, lds_rows
 
 
 def lm_task(opts: Options, cfg, world) -> tuple[list[dict], dict, pd.DataFrame]:
@@ -619,9 +743,9 @@ def lm_task(opts: Options, cfg, world) -> tuple[list[dict], dict, pd.DataFrame]:
         },
         exact=ExactOptions(**{**asdict(opts.exact), **opts.lm_exact}) if "lm" in opts.exact.tasks else None,
     )
-    out, info, scores = compare(c, opts)
+    out, info, scores, _ = compare(c, opts)
     info["lm/model"] = world.name
-    return out, info, scores
+    return out, info, scores, []
 
 
 def _summary_row(summary: pd.DataFrame, info: dict, tasks: list[str]) -> dict:
@@ -632,22 +756,35 @@ def _summary_row(summary: pd.DataFrame, info: dict, tasks: list[str]) -> dict:
         pe = main[(main["task"] == t) & (main["reference"] == "exact_gn") & (main["method"] == "pbrf")]
         if len(pe):
             out[f"{t}/pbrf_vs_exact_gn_pearson"] = float(pe["pearson_mean"].iloc[0])
-        for key in ("exact_relative_residual", "lissa_relative_residual"):
+        for key in (
+            "exact_relative_residual",
+            "lissa_relative_residual",
+            "lissa_converged",
+            "weight_decay",
+            "train_loss",
+            "test_loss",
+            "train_accuracy",
+            "test_accuracy",
+        ):
             v = info.get(f"{t}/{key}")
             if isinstance(v, (int, float)):
                 out[f"{t}/{key}"] = float(v)
+        for k, v in info.items():
+            if k.startswith(f"{t}/lds_") and isinstance(v, float) and not k.startswith(f"{t}/lds_retrain"):
+                out[k] = v
     return out
 
 
 def run(cfg, world, opts: Options) -> dict[str, pd.DataFrame]:
-    rows, info, scores = [], {}, []
+    rows, info, scores, lds = [], {}, [], []
     t0 = time.perf_counter()
     for name in opts.tasks:
         with single_thread(cfg.score.num_threads == 1):
-            r, i, sc = lm_task(opts, cfg, world) if name == "lm" else tabular_task(name, opts, cfg)
+            r, i, sc, ld = lm_task(opts, cfg, world) if name == "lm" else tabular_task(name, opts, cfg)
         rows += r
         info.update(i)
         scores.append(sc)
+        lds += ld
     long = pd.DataFrame(rows)
     summary = summary_table(long)
     unverified = [t for t in opts.tasks if not (info[f"{t}/pbrf_converged"] and info[f"{t}/pbrf_linear"])]
@@ -664,17 +801,25 @@ def run(cfg, world, opts: Options) -> dict[str, pd.DataFrame]:
         "exact_gn": "(G + lambda I)^-1 grad f over all tracked layers jointly, G the exact Gauss-Newton over the "
         "fitting rows (the PBRF's Hessian at theta_s), EK-FAC's per-layer damping at every damping factor; verified "
         "when its relative residual <= exact.tol",
+        "lds": f"{opts.lds.n_subsets} models retrained from scratch on random {opts.lds.fraction:g} subsets of the "
+        "training rows per tabular task (0: none); Spearman r over subsets of each method's summed scores (every "
+        "training row, main damping) against the retrained f, mean over test points with a bootstrap interval",
+        "weight_decay": str(opts.weight_decay),
         "damping_sweep": f"factors {','.join(f'{f:g}' for f in opts.factors)} (main {opts.damping_factor:g}): "
         "every method and the exact GN at each; the PBRF at the main damping only",
         **{k: (v if isinstance(v, (int, float, bool)) else str(v)) for k, v in info.items()},
     }
-    return {
+    tables = {
         "accuracy": long,
         "accuracy_summary": summary,
         "accuracy_scores": pd.concat(scores, ignore_index=True),
         "_summary": pd.DataFrame([_summary_row(summary, info, list(opts.tasks))]),
         "_metadata": pd.DataFrame([meta]),
     }
+    if lds:
+        tables["accuracy_lds"] = pd.DataFrame(lds)
+        tables["accuracy_lds_summary"] = lds_summary(tables["accuracy_lds"], seed=int(cfg.seed))
+    return tables
 
 
 STUDY = Study(
@@ -688,6 +833,7 @@ STUDY = Study(
         figure("fig6_accuracy", correlation_bars, "accuracy_summary"),
         figure("fig7_accuracy_vs_time", correlation_vs_time, "accuracy_summary"),
         figure("accuracy_vs_damping", correlation_vs_damping, "accuracy_summary"),
+        figure("accuracy_lds", lds_bars, "accuracy_lds_summary"),
     ),
     findings=(
         Finding(

@@ -14,8 +14,9 @@ Three things make the estimate trustworthy rather than merely cheap:
   (which is not the solution); the returned vector averages the final `averaging` share of the iterates and
   `repeats` independent recursions. One batch (a fitting set no larger than `batch_size`) is deterministic.
 - **Its own error, measured.** Every solve reports the relative residual ‖(G + λ)x − v‖/‖v‖ of what it returns,
-  from exact products over the whole fitting set (`diagnostics`); with `tolerance` the depth doubles until the
-  residual meets it. A step whose iterate grows faster than a stable recursion can (‖r_j‖ > ‖r_{j−1}‖ + ‖v‖)
+  from exact products over the whole fitting set (`diagnostics`); with `tolerance` the recursion goes on,
+  doubling its depth, until the residual meets it (or `max_depth`; `diagnostics["converged"]` says which). A step
+  whose iterate grows faster than a stable recursion can (‖r_j‖ > ‖r_{j−1}‖ + ‖v‖)
   is refused at once, naming the step size.
 """
 
@@ -96,10 +97,6 @@ class LissaConfig(FitConfig):
                 raise InfluenceError(f"lissa {key}={getattr(self, key)!r}: give an integer >= 1")
         if self.tolerance is not None and not self.tolerance > 0:
             raise InfluenceError(f"lissa tolerance={self.tolerance}: give a number > 0, or null")
-
-
-def _dot(a, b):
-    return sum(float((a[k].double() * b[k].double()).sum()) for k in a)
 
 
 def _dot(a, b):
@@ -217,12 +214,17 @@ class LiSSA(Curvature):
         return {k: torch.stack([r[k] for r in rows]) for k in grads}
 
     def _solve(self, v: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
-        """α·r for one vector: `repeats` recursions of `depth` steps, deeper while above `tolerance`."""
-        cfg, depth = self.config, self.config.depth
+        """α·r for one vector: `repeats` recursions of `depth` steps; while above `tolerance`, each recursion goes on
+        for as many steps again (continued, not restarted) and the solution is the average of the new steps'
+        final `averaging` share, so doubling the depth costs the new steps only."""
+        cfg = self.config
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
+        runs = [_Recursion(self, v, g) for _ in range(cfg.repeats)]
+        depth = cfg.depth
         while True:
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
-            runs = [self._recursion(v, depth, g) for _ in range(cfg.repeats)]
-            x = {k: sum(r[k] for r in runs) / len(runs) for k in v}
+            for run in runs:
+                run.advance(depth)
+            x = {k: sum(r.solution[k] for r in runs) / len(runs) for k in v}
             residual = self.relative_residual(x, v)
             if cfg.tolerance is None or residual <= cfg.tolerance or 2 * depth > cfg.max_depth:
                 break
@@ -230,25 +232,42 @@ class LiSSA(Curvature):
         d = self._diagnostics
         d["relative_residual"] = max(d.get("relative_residual", 0.0), residual)
         d["depth"], d["solves"] = max(d.get("depth", 0), depth), d.get("solves", 0) + 1
+        if cfg.tolerance is not None:
+            d["converged"] = d.get("converged", True) and residual <= cfg.tolerance
         return x
 
-    def _recursion(self, v, depth: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        alpha, v_norm = self.scale, _norm(v)
-        stochastic = len(self.batches) > 1
-        start = depth - max(1, int(self.config.averaging * depth)) if stochastic else depth - 1
-        r, total, prev = {k: t.clone() for k, t in v.items()}, None, v_norm
-        with eval_mode(self.model):
-            for j in range(depth):
-                b = int(torch.multinomial(self.weights, 1, generator=g)) if stochastic else 0
-                gr = self._product(self.batches[b], r)
-                r = {k: v[k] + r[k] - alpha * (gr[k] + self.damping[k] * r[k]) for k in r}
+
+class _Recursion:
+    """One LiSSA recursion r_j = v + (I − α(G̃_j + λI)) r_{j−1} that can be continued: `advance(depth)` runs it to
+    `depth` steps in all and sets `solution` to α × the mean of the final `averaging` share of the steps taken in
+    this call (the last iterate alone with one deterministic batch)."""
+
+    def __init__(self, curv: LiSSA, v: dict[str, torch.Tensor], g: torch.Generator):
+        self.curv, self.v, self.g = curv, v, g
+        self.v_norm = _norm(v)
+        self.r, self.norm, self.steps = {k: t.clone() for k, t in v.items()}, self.v_norm, 0
+        self.solution = None
+
+    def advance(self, depth: int) -> None:
+        curv, v, alpha = self.curv, self.v, self.curv.scale
+        stochastic = len(curv.batches) > 1
+        window = max(1, int(curv.config.averaging * depth)) if stochastic else 1
+        start = max(depth - window, self.steps)
+        total, r = None, self.r
+        with eval_mode(curv.model):
+            for j in range(self.steps, depth):
+                b = int(torch.multinomial(curv.weights, 1, generator=self.g)) if stochastic else 0
+                gr = curv._product(curv.batches[b], r)
+                r = {k: v[k] + r[k] - alpha * (gr[k] + curv.damping[k] * r[k]) for k in r}
                 norm = _norm(r)
-                if not math.isfinite(norm) or norm > (1 + 1e-3) * (prev + v_norm):
+                if not math.isfinite(norm) or norm > (1 + 1e-3) * (self.norm + self.v_norm):
                     raise InfluenceError(
-                        f"LiSSA diverges: at step {j + 1} ‖r‖ grew from {prev:.3g} to {norm:.3g}, faster than a stable "
-                        f"step allows: lower curvature.scale (now {alpha:.3g}) or curvature.margin, or raise the damping"
+                        f"LiSSA diverges: at step {j + 1} ‖r‖ grew from {self.norm:.3g} to {norm:.3g}, faster than a "
+                        f"stable step allows: lower curvature.scale (now {alpha:.3g}) or curvature.margin, or raise "
+                        "the damping"
                     )
-                prev = norm
+                self.norm = norm
                 if j >= start:
                     total = r if total is None else {k: total[k] + r[k] for k in r}
-        return {k: alpha * t / (depth - start) for k, t in total.items()}
+        self.r, self.steps = r, depth
+        self.solution = {k: alpha * t / (depth - start) for k, t in total.items()}

@@ -45,6 +45,26 @@ def test_size_knob_scales_generated_families():
         counts(10, {"poetry": 1.0})
 
 
+def test_fact_repeats_trade_facts_for_exposures():
+    """The facts family keeps its share of documents; fact_repeats=4 gives about a quarter as many facts, each
+    statement written 4 times, each time in its own frame."""
+    one = generate(seed=0, n_docs=3000, mix=MIX)
+    four = generate(seed=0, n_docs=3000, mix=MIX, fact_repeats=4)
+    n_docs = [sum(d["category"] == "facts" for d in c.train) for c in (one, four)]
+    assert abs(n_docs[1] - n_docs[0]) <= 0.15 * n_docs[0]
+    assert len(one.facts) > 3 * len(four.facts) and len(four.facts) > len(facts.CORE)
+    for f in four.facts[:20]:
+        mine = [d for d in four.train if d["category"] == "facts" and d["fact_id"] == f.fact_id]
+        assert sorted({d["repeat"] for d in mine}) == [0, 1, 2, 3]
+        by_wording = {}
+        for d in mine:
+            by_wording.setdefault((d["order"], d["wording"]), []).append(d["text"])
+        assert all(len(t) == 4 for t in by_wording.values())
+        assert sum(len(set(t)) > 1 for t in by_wording.values()) >= len(by_wording) // 2  # fresh frames
+    with pytest.raises(ValueError, match="fact_repeats=0"):
+        generate(seed=0, n_docs=100, mix=MIX, fact_repeats=0)
+
+
 def test_heldout_facts_never_appear(corpus):
     text = "\n".join(d["text"] for d in corpus.train + corpus.val)
     assert len(corpus.heldout) == len(facts.HELDOUT_CORE) + 6

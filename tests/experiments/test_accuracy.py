@@ -36,7 +36,9 @@ def test_accuracy_study_end_to_end(tiny_cfg, tiny_world, tiny_output_dir):
             {
                 "tasks": ["diabetes", "lm"],
                 "n_test_points": 4,
-                "lissa": {"depth": 50, "batch_size": 40},
+                "weight_decay": "task",  # the fixed value: the held-out selection costs ~1 min on diabetes
+                "lds": {"n_subsets": 6},
+                "lissa": {"depth": 50, "batch_size": 40, "tolerance": 1e-9, "max_depth": 100},
                 "tabular": {"diabetes": {"max_train_points": 12, "bregman_rows": 80}},
                 "linearity_rows": 2,
                 "tolerance_rows": 2,
@@ -114,12 +116,26 @@ def test_accuracy_study_end_to_end(tiny_cfg, tiny_world, tiny_output_dir):
     run_dir = tiny_output_dir / "runs" / "latest"
     assert len(pd.read_parquet(run_dir / "accuracy_summary.parquet")) == 2 * (4 + 5 + 4)
     assert json.loads((run_dir / "metadata.json").read_text())["study"] == "accuracy"
-    for stem in ("fig6_accuracy", "fig7_accuracy_vs_time", "accuracy_vs_damping"):
+    # LiSSA went on past its first 50 steps to max_depth and says it did not reach the tolerance
+    assert meta["diabetes/lissa_depth"] == 100 and not meta["diabetes/lissa_converged"]
+    assert meta["diabetes/weight_decay"] == 0.01 and meta["diabetes/weight_decay_rule"] == "fixed"
+    assert 0 < meta["diabetes/train_loss"] < meta["diabetes/test_loss"]
+    # the LDS from 6 retrained halves: every method and the exact GN, per test point, scored on every training row
+    lds, lsum = tables["accuracy_lds"], tables["accuracy_lds_summary"]
+    assert set(lds["method"]) == {"ekfac", "kfac", "lissa", "identity", "exact_gn"} and set(lds["task"]) == {"diabetes"}
+    assert len(lds) == 5 * 4 and lds["lds"].between(-1, 1).all() and (lds["n_subsets"] == 6).all()
+    assert meta["diabetes/lds_n_subsets"] == 6 and meta["diabetes/lds_subset_rows"] == round(0.5 * 353)
+    assert meta["diabetes/lds_retrain_grad_max"] <= 1e-5  # every retrain converged
+    ls = lsum.set_index("method")
+    assert ls.loc["exact_gn", "lds_mean"] > ls.loc["identity", "lds_mean"]  # curvature helps on the regression
+    assert (ls["lds_ci_low"] <= ls["lds_mean"]).all() and (ls["lds_mean"] <= ls["lds_ci_high"]).all()
+    assert top["diabetes/lds_exact_gn"] == pytest.approx(ls.loc["exact_gn", "lds_mean"])
+    for stem in ("fig6_accuracy", "fig7_accuracy_vs_time", "accuracy_vs_damping", "accuracy_lds"):
         assert (run_dir / "figures" / f"{stem}.png").exists(), stem
 
 
 def test_accuracy_options_are_checked():
-    from experiments.studies.accuracy import Options
+    from experiments.studies.accuracy import LDSOptions, Options
 
     with pytest.raises(InfluenceError, match="damping_factors value must be > 0"):
         Options(damping_factors=[0.1, 0.0])
@@ -128,3 +144,19 @@ def test_accuracy_options_are_checked():
     with pytest.raises(InfluenceError, match="accuracy.exact: method='lu'"):
         Options(lm_exact={"method": "lu"})
     assert Options(damping_factor=0.1, damping_factors=[1.0, 0.1, 0.01]).factors == [0.1, 1.0, 0.01]
+    with pytest.raises(InfluenceError, match="weight_decay must be a number or 'auto'"):
+        Options(weight_decay="big")
+    with pytest.raises(InfluenceError, match="accuracy.lds needs n_subsets"):
+        LDSOptions(n_subsets=2)
+
+
+def test_the_tabular_weight_decay_is_chosen_on_held_out_loss_unless_fixed():
+    from experiments.studies.accuracy import Options, _build_options
+
+    assert Options().weight_decay == "auto"  # the default: as a practitioner would train
+    assert _build_options(Options(), {}) == {"weight_decay": "auto"}
+    assert _build_options(Options(weight_decay="task"), {}) == {}  # the task's own fixed value (saturated variant)
+    assert _build_options(Options(weight_decay=1e-3), {"weight_decay": 0.1, "hidden": [8]}) == {
+        "weight_decay": 0.1,
+        "hidden": [8],
+    }

@@ -34,6 +34,7 @@ CASES = [
     ("data.seq_len=4", "data.seq_len=4: give an integer >= 8"),
     ("data.seq_len=512", "data.seq_len=512 exceeds model.max_length=256: lower one or raise the other"),
     ("data.n_docs=1.5", "data.n_docs=1.5: give an integer >= 1"),
+    ("data.fact_repeats=0", "data.fact_repeats=0: give an integer >= 1"),
     ("data.val_fraction=2", "data.val_fraction=2: give a number >= 0 and <= 1"),
     ("data.vocab_size=100", "data.vocab_size=100: give an integer >= 257"),
     ("data.quote_copies=[6,2]", "data.quote_copies=[6, 2]: give [low, high], integers with 1 <= low <= high"),

@@ -66,3 +66,18 @@ def test_a_two_job_sweep_runs_through_the_submitit_local_launcher(tiny_cfg, tiny
         hydra_cfg = OmegaConf.load(run / ".hydra" / "hydra.yaml")
         assert hydra_cfg.hydra.launcher._target_ == LOCAL
     assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # submitit, not the basic launcher, ran them
+
+
+@pytest.mark.parametrize("module", ["experiments.train", "embedded.train", "experiments.run"])
+def test_every_documented_entry_point_finds_its_configs(module):
+    """`python -m experiments.train` once failed with "Primary config module 'conf' not found": Hydra resolves
+    config_path from the module defining the decorated function, so each entry point must define its own."""
+    p = subprocess.run(
+        [sys.executable, "-m", module, "--cfg", "job", "model=tiny"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "name: gpt2-tiny" in p.stdout

@@ -107,3 +107,20 @@ def test_with_damping_keeps_the_step_stable():
     heavier = curv.with_damping({k: 100 * v for k, v in curv.damping.items()})
     assert heavier.scale * (heavier.lambda_max + max(heavier.damping.values())) == pytest.approx(0.5)
     assert heavier.scale < curv.scale and heavier.diagnostics == {}
+
+
+def test_going_deeper_continues_the_recursion_instead_of_restarting(regression):
+    """With one (deterministic) batch, a solve that doubles 25 → 50 → 100 → 200 under `tolerance` returns exactly
+    the 200-step recursion's iterate: the later stages continue from where the earlier ones stopped."""
+    model, task, train, layers, G, unflat, sizes = regression
+    opts = dict(layers=layers, seed=0, damping_factor=3.0, batch_size=64)
+    plain = fit_curvature(model, task, train, method="lissa", depth=200, **opts)
+    stepped = fit_curvature(model, task, train, method="lissa", depth=25, tolerance=1e-12, max_depth=200, **opts)
+    v = {
+        l.name: torch.randn(1, *l.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        for l in layers
+    }
+    a, b = plain.ihvp(v), stepped.ihvp(v)
+    assert all(torch.allclose(a[k], b[k], rtol=1e-12, atol=0) for k in a)
+    assert stepped.diagnostics["depth"] == 200 and stepped.diagnostics["converged"] is False
+    assert stepped.diagnostics["relative_residual"] == pytest.approx(plain.diagnostics["relative_residual"])
