@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .corpus.languages import FACT_TEMPLATES
 from .sequences import encode, pad
 
 
@@ -51,3 +52,32 @@ def fact_recall(model, tokenizer, facts, limit: int = 200) -> dict:
         "flipped_accuracy_stated_both_orders": rate([flp[i] for i in both]),
         "flipped_accuracy_stated_forward_only": rate([flp[i] for i in one]),
     }
+
+
+def _translated_probe(fact, language: str) -> tuple[str, str]:
+    """The fact's `language` template split before the object: the cross-lingual recall probe."""
+    text = FACT_TEMPLATES[fact.relation][language].format(s=fact.subject, o=fact.object)
+    cut = text.index(fact.object)
+    return text[:cut].rstrip(), " " + fact.object
+
+
+def cross_lingual_recall(model, tokenizer, facts, translated_ids, languages=("en", "tr", "ko"), limit: int = 200):
+    """Greedy recall of the translatable facts (relations with templates in every language), asked in each language:
+    separately for the facts the corpus also states in the other languages (`translated_ids`) and for the facts it
+    states in English only (does English knowledge transfer to a language the fact was never stated in?)."""
+    translated_ids = set(translated_ids)
+    pool = [f for f in facts if f.relation in FACT_TEMPLATES][:limit]
+    groups = {
+        "stated_in_all_languages": [f for f in pool if f.fact_id in translated_ids],
+        "stated_in_english_only": [f for f in pool if f.fact_id not in translated_ids],
+    }
+    out: dict = {}
+    for group, members in groups.items():
+        out[group] = {"n_facts": len(members)}
+        for lang in languages:
+            if not members:
+                out[group][lang] = None
+                continue
+            ok = greedy_matches(model, tokenizer, *zip(*[_translated_probe(f, lang) for f in members]))
+            out[group][lang] = round(sum(ok) / len(ok), 4)
+    return out

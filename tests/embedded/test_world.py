@@ -47,6 +47,15 @@ def test_model_dir_is_a_loadable_checkpoint_with_report(tiny_world):
     assert report["heldout_loss"] == pytest.approx(evals["val_loss"].iloc[-1], abs=1e-3)
     assert report["tokens_per_second"] > 0 and report["non_embedding_params"] > 0
     assert set(report["quotes"]) >= {"memorized", "total"} and "forward_accuracy" in report["facts"]
+    # cross-lingual recall, per language, split by whether the corpus states the fact in every language (the tiny
+    # world states none so: every translatable fact is English-only there)
+    xl = report["cross_lingual_facts"]
+    assert xl["stated_in_all_languages"]["n_facts"] == 0 and xl["stated_in_english_only"]["n_facts"] >= 2
+    assert all(0 <= xl["stated_in_english_only"][lang] <= 1 for lang in ("en", "tr", "ko"))
+    # what the model did not learn: every training document scored alone, the outliers listed
+    losses = pd.read_csv(d / "doc_losses.csv")
+    assert len(losses) == report["train_rows"] and losses["loss_per_token"].notna().all()
+    assert report["doc_losses"]["overall"]["q50"] == pytest.approx(losses["loss_per_token"].median(), abs=1e-3)
     sheet = Path(tiny_world.model_dir).parents[1] / "corpora"
     assert any("| facts | fact_statement |" in p.read_text() for p in sheet.glob("*/datasheet.md"))
 
