@@ -178,7 +178,7 @@ class Options:
     epsilon: float = option(1e-3, "PBRF weight of z_m; must stay well below 1/N (N = Bregman rows)")
     lissa: LissaOptions = option(
         help="LiSSA's settings on the tabular tasks",
-        factory=lambda: LissaOptions(depth=1000, batch_size=32, tolerance=0.01, max_depth=64000),
+        factory=lambda: LissaOptions(depth=1000, batch_size=32, tolerance=0.01, max_depth=32000),
     )
     pbrf: PBRFOptions = option(help="the PBRF solver", factory=PBRFOptions)
     linearity_rows: int = option(10, "scored rows re-solved at ε/2 (0: no check, and pbrf_linear is False)")
