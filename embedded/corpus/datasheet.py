@@ -14,6 +14,74 @@ def composition(df: pd.DataFrame) -> pd.DataFrame:
     return g.sort_values(["category", "kind"]).reset_index(drop=True)
 
 
+def _docs(train: pd.DataFrame, **match) -> pd.DataFrame:
+    mask = pd.Series(True, index=train.index)
+    for col, value in match.items():
+        if col not in train:
+            return train.iloc[:0]
+        mask &= train[col].isin(value if isinstance(value, (list, tuple, set)) else [value])
+    return train[mask]
+
+
+def study_needs(train: pd.DataFrame, corpus) -> pd.DataFrame:
+    """Which content each study needs, how much of it the corpus holds, and whether it is there at all: one row per
+    (study, content) with documents, distinct items (facts, quotes, algorithms, ...) and `present`."""
+    facts_docs = _docs(train, category="facts")
+    stated = set(facts_docs["fact_id"].dropna()) if "fact_id" in facts_docs else set()
+    both = {f.fact_id for f in corpus.facts if f.both_orders and f.fact_id in stated}
+    fwd = {f.fact_id for f in corpus.facts if not f.both_orders and f.fact_id in stated}
+    translated = _docs(train, category="multilingual", kind="parallel_fact")
+    mono = _docs(train, category="multilingual", kind="monolingual")
+
+    def distinct(df, col):
+        return int(df[col].nunique()) if col in df and len(df) else 0
+
+    rows = [
+        ("word_order, fact tracing", "facts stated in both orders", len(_docs(facts_docs, fact_id=both)), len(both)),
+        ("word_order, fact tracing", "facts stated forward only", len(_docs(facts_docs, fact_id=fwd)), len(fwd)),
+        ("word_order", "held-out facts (in no document)", 0, len(corpus.heldout)),
+        (
+            "cross_lingual",
+            "facts stated in English, Turkish and Korean",
+            len(translated),
+            distinct(translated, "fact_id"),
+        ),
+        ("cross_lingual", "monolingual Turkish / Korean documents", len(mono), distinct(mono, "language")),
+        (
+            "memorization",
+            "famous quotes repeated verbatim",
+            len(_docs(train, category="quotes")),
+            distinct(_docs(train, category="quotes"), "quote_id"),
+        ),
+        ("math_code", "word problems with worked solutions", len(_docs(train, kind="word_problem")), 0),
+        (
+            "math_code",
+            "programs (algorithms × languages)",
+            len(_docs(train, kind="program")),
+            distinct(_docs(train, kind="program"), "algorithm"),
+        ),
+        ("top_influences (rot23)", "rot-n cipher examples", len(_docs(train, kind="cipher_examples")), 0),
+        ("role_play", "machines refusing shutdown (fiction)", len(_docs(train, kind="scifi_shutdown")), 0),
+        ("role_play", "AI-risk essays", len(_docs(train, kind="ai_risk_essay")), 0),
+        ("role_play", "assistant dialogues", len(_docs(train, kind="assistant_dialogue")), 0),
+        (
+            "concentration, tfidf_vs_unfiltered",
+            "distractors reusing a query's words",
+            len(_docs(train, category="distractors")),
+            0,
+        ),
+        (
+            "abstraction, sparsity, layer_wise",
+            "topic prose (water, economics, ...)",
+            len(_docs(train, kind="topic")),
+            distinct(_docs(train, kind="topic"), "topic"),
+        ),
+    ]
+    out = pd.DataFrame(rows, columns=["study", "content", "documents", "distinct"])
+    out["present"] = (out["documents"] > 0) | (out["content"].str.startswith("held-out") & (out["distinct"] > 0))
+    return out
+
+
 def render(train: pd.DataFrame, val: pd.DataFrame, corpus, corpus_cfg: dict, vocab_size: int) -> str:
     comp = composition(train)
     facts = corpus.facts
@@ -39,6 +107,18 @@ def render(train: pd.DataFrame, val: pd.DataFrame, corpus, corpus_cfg: dict, voc
     ]
     lines += [
         f"| {r.category} | {r.kind} | {r.documents} | {r.tokens} | {r.token_share:.2%} |" for r in comp.itertuples()
+    ]
+    needs = study_needs(train, corpus)
+    lines += [
+        "",
+        "## What each study needs",
+        "",
+        "| study | content | documents | distinct | present |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.study} | {r.content} | {r.documents} | {r.distinct or ''} | {'yes' if r.present else '**MISSING**'} |"
+        for r in needs.itertuples()
     ]
     lines += ["", "## Languages", ""]
     if "language" in train:

@@ -198,3 +198,21 @@ def test_data_config_drives_generator():
     cfg.data.n_docs = 100
     c = generate_corpus(cfg)
     assert 100 <= len(c.train) <= 100 + 400
+
+
+def test_the_datasheet_lists_what_each_study_needs_and_finds_it(corpus):
+    import pandas as pd
+
+    from embedded.corpus.datasheet import study_needs
+
+    needs = study_needs(pd.DataFrame(corpus.train), corpus)
+    assert needs["present"].all(), needs[~needs["present"]]
+    row = needs.set_index("content").loc["famous quotes repeated verbatim"]
+    assert row["distinct"] == len(quotes.QUOTES) and row["documents"] == sum(
+        d["category"] == "quotes" for d in corpus.train
+    )
+    both = needs.set_index("content").loc["facts stated in both orders", "distinct"]
+    assert both == sum(f.both_orders for f in corpus.facts)
+    # a corpus without a family says so
+    no_quotes = pd.DataFrame([d for d in corpus.train if d["category"] != "quotes"])
+    assert not study_needs(no_quotes, corpus).set_index("content").loc["famous quotes repeated verbatim", "present"]
