@@ -182,3 +182,24 @@ def test_bad_inputs_fail_with_one_line(tmp_path, neox_checkpoint, tiny_world):
         with pytest.raises(InfluenceError, match=message) as e:
             build_world(compose_cfg("model=tiny", "queries=tiny", out, *overrides))
         assert "\n" not in str(e.value)
+
+
+def test_the_cross_lingual_probe_asks_for_tokens_the_corpus_contains(tiny_world):
+    """Prompt + completion must tokenize as the corpus sentence does: with the object alone as the completion, BPE's
+    merge of a name's last piece with a Korean particle (" Drituk이었다") made Korean recall read 0 % at every size."""
+    from embedded.corpus.facts import CORE
+    from embedded.corpus.languages import FACT_TEMPLATES
+    from embedded.recall import _translated_probe
+
+    tok = tiny_world.tokenizer
+    checked = 0
+    for f in CORE:
+        if f.relation not in FACT_TEMPLATES:
+            continue
+        for lang in ("en", "tr", "ko"):
+            prompt, answer = _translated_probe(f, lang)
+            sentence = FACT_TEMPLATES[f.relation][lang].format(s=f.subject, o=f.object)
+            assert prompt + answer == sentence
+            assert tok(prompt)["input_ids"] + tok(answer)["input_ids"] == tok(sentence)["input_ids"], (lang, sentence)
+            checked += 1
+    assert checked >= 6
