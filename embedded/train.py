@@ -460,10 +460,15 @@ def append_summary(path: Path, report: dict) -> None:
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
+    train_and_print(cfg)
+
+
+def train_and_print(cfg: DictConfig) -> Path:
+    """The training commands' work: train (or reuse) the configured model and print its report and directory."""
     out = train_and_save(cfg)
-    report = json.loads((out / "training.json").read_text())
-    print(json.dumps(report, indent=2))
+    print(json.dumps(json.loads((out / "training.json").read_text()), indent=2))
     print(f"model: {out}")
+    return out
 
 
 if __name__ == "__main__":

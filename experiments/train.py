@@ -3,19 +3,15 @@
 The Hydra entry point is defined here rather than imported from `embedded.train`: Hydra resolves `config_path`
 from the module that defines the decorated function, and run from this module it would look for a `conf` package."""
 
-import json
-
 import hydra
 from omegaconf import DictConfig
 
-from embedded.train import train_and_save
+from embedded.train import train_and_print
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    out = train_and_save(cfg)
-    print(json.dumps(json.loads((out / "training.json").read_text()), indent=2))
-    print(f"model: {out}")
+    train_and_print(cfg)
 
 
 if __name__ == "__main__":
