@@ -21,6 +21,10 @@ from .errors import InfluenceError
 #: evaluations when the damped G is ill-conditioned (Adam stalls there: see the accuracy study's report)
 OPTIMIZERS = ("adam", "lbfgs")
 
+#: how scores are normalized: "none" is the influence itself; "unit" divides it by ‖∇f_q‖_M·‖∇L(z_m)‖_M, M the damped
+#: inverse curvature, giving the cosine in the preconditioned space (TrackStar, RelatIF), a value in [−1, 1]
+NORMALIZATIONS = ("none", "unit")
+
 A = TypeVar("A")
 
 
@@ -63,6 +67,12 @@ def check_device(where: str, device) -> None:
         )
 
 
+def check_normalize(value) -> None:
+    """Refuse a `normalize` value that is not one of NORMALIZATIONS, in one line listing them."""
+    if not isinstance(value, str) or value not in NORMALIZATIONS:
+        raise InfluenceError(f"normalize must be one of {list(NORMALIZATIONS)}, got {value!r}")
+
+
 def from_options(cls: type[A], options: dict) -> A:
     """`cls(**options)`, refusing keys that are not fields of `cls` in one line that lists the valid ones."""
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -74,7 +84,8 @@ def from_options(cls: type[A], options: dict) -> A:
 
 @dataclass
 class ScanArguments:
-    """How `scan` batches, checkpoints and stores the queries; none of these change a score except `query_rank`."""
+    """How `scan` batches, checkpoints and stores the queries; none of these change a score except `query_rank`
+    and `normalize`."""
 
     batch_size: int = field(default=16, metadata={"help": "Training sequences per capture pass."})
     query_rank: int | None = field(
@@ -92,8 +103,17 @@ class ScanArguments:
         default=None, metadata={"help": "Device of the passes (e.g. 'cuda'); None uses the model's."}
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (main rank only)."})
+    normalize: str = field(
+        default="none",
+        metadata={
+            "help": "'none': the influence I; 'unit': I / (‖∇f_q‖_M·‖∇L(z_m)‖_M), the cosine in the preconditioned "
+            "space (TrackStar, RelatIF), so that a few high-gradient-norm sequences do not dominate the ranking; "
+            "needs a curvature with batched_ihvp."
+        },
+    )
 
     def __post_init__(self):
+        check_normalize(self.normalize)
         for key in ("batch_size", "chunk_batches"):
             value = getattr(self, key)
             if not is_int(value) or value < 1:

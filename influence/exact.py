@@ -236,6 +236,7 @@ class ExactGaussNewton(Curvature):
 
     name = "exact_gn"
     cacheable = False
+    batched_ihvp = False  # a joint solve per call, its residual measured with products over the whole fitting set
 
     @classmethod
     def fit(cls, model, task, data, layers, config=None, device=None, damping=None, **solver):

@@ -7,6 +7,10 @@ missing chunks and ends with exactly the uninterrupted result; a directory holdi
 scan is refused, naming what differs. A second, small pass over each query's top-k gives the
 full-rank re-scores, layer-wise and token-wise breakdowns and the spurious-sequence flag (§5.3).
 
+`normalize="unit"` (both passes) scores by the cosine in the preconditioned space, I / (‖∇f_q‖_M·‖∇L(z_m)‖_M)
+(see `influence.scoring`), so that a few sequences of high gradient norm do not fill every top-k (TrackStar,
+RelatIF); it enters the manifest, so a normalized scan never reuses a plain scan's chunks, nor the reverse.
+
 Under torch.distributed the chunks are dealt round-robin to the ranks (each resumes its own),
 rank 0 alone writes the manifest, and after a barrier every rank reads the others' chunks, so
 all ranks return the ScanResult a single process returns. The top-k breakdown splits its rows
@@ -33,13 +37,24 @@ from .fingerprint import config_fingerprint, model_fingerprint, tensors_fingerpr
 from .lowrank import low_rank_queries
 from .passes import capture_batches, length_order, resolve_device
 from .precision import without_default_precision
-from .scoring import SCALE_CONVENTION, precondition_queries, score_captured
+from .scoring import (
+    SCALE_CONVENTION,
+    candidate_norms,
+    check_normalization,
+    preconditioned_with_norms,
+    query_norms,
+    score_batch,
+    score_captured,
+    unit_scaled,
+)
 from .storage import CorruptFileError, atomic_write, load_tensors, remove_stale_temporaries, save_tensors, write_failure
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SPURIOUS_RATIO = 2 / 3
+#: manifest keys added after scans were first written, and the value a manifest without one was made with
+LATER_MANIFEST_KEYS = {"normalize": "none"}
 
 
 @dataclass
@@ -95,13 +110,17 @@ class TopBreakdown:
         return self.sparsity_ratio > SPURIOUS_RATIO
 
 
-def _preconditioned(model, task, curvature, queries, device):
-    """The device to work on and every query's preconditioned gradient, computed there."""
+def _preconditioned(model, task, curvature, queries, device, normalize: str = "none"):
+    """The device to work on, every query's preconditioned gradient computed there, and (normalize="unit") the
+    queries' (Q,) norms ‖∇f_q‖_M, else None."""
     dev = resolve_device(model, device)
-    return dev, precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()})
+    pre, norms = preconditioned_with_norms(
+        model, task, curvature, {k: v.to(dev) for k, v in queries.items()}, normalize
+    )
+    return dev, pre, norms
 
 
-def _manifest(model, curvature, queries, names, data, indices, rank, batch_size, chunk_batches) -> dict:
+def _manifest(model, curvature, queries, names, data, indices, args: ScanArguments) -> dict:
     return {
         "model": model_fingerprint(model),
         "curvature": config_fingerprint(
@@ -109,12 +128,13 @@ def _manifest(model, curvature, queries, names, data, indices, rank, batch_size,
         ),
         "queries": tensors_fingerprint({**{k: v.cpu() for k, v in queries.items()}}) + ":" + config_fingerprint(names),
         "candidates": tensors_fingerprint({"indices": indices, **{k: v[indices] for k, v in data.items()}}),
-        "query_rank": "full" if rank is None else int(rank),
-        "batch_size": int(batch_size),
-        "chunk_batches": int(chunk_batches),
+        "query_rank": "full" if args.query_rank is None else int(args.query_rank),
+        "batch_size": int(args.batch_size),
+        "chunk_batches": int(args.chunk_batches),
         "num_candidates": int(len(indices)),
         "query_names": list(names),
         "layer_scores": True,
+        "normalize": args.normalize,
     }
 
 
@@ -160,7 +180,7 @@ def _check_or_write_manifest(out_dir: Path, manifest: dict) -> None:
             for chunk in out_dir.glob("chunk-*.safetensors"):
                 chunk.unlink()
         else:
-            differ = [k for k in manifest if old.get(k) != manifest[k]]
+            differ = [k for k in manifest if old.get(k, LATER_MANIFEST_KEYS.get(k)) != manifest[k]]
             if differ:
                 raise InfluenceError(
                     f"{out_dir} holds a scan with other {', '.join(differ)}: "
@@ -186,18 +206,31 @@ def _chunk_path(out_dir: Path, c: int) -> Path:
     return out_dir / f"chunk-{c:06d}.safetensors"
 
 
-def _score_chunk(model, task, curvature, data, pre, sel, batch_size: int, dev, bar, c: int):
-    """(scores (Q, rows), layer_scores (Q, L, rows)) of the rows `sel`, batched by length, in `sel` order."""
+def _score_chunk(model, task, curvature, data, queries, sel, batch_size: int, dev, bar, c: int):
+    """(scores (Q, rows), layer_scores (Q, L, rows)) of the rows `sel`, batched by length, in `sel` order.
+    `queries`: (the scored query gradients, their norms or None) from `_chunk_queries`."""
     order, back = length_order(data, sel)  # similar lengths batch together; results go back in `sel` order
-    names = [l.name for l in curvature.layers]
+    pre, q_norm = queries
     parts = []
     for _, _, a, ds in capture_batches(model, task, curvature.layers, data, batch_size, order, dev):
-        layer, _ = score_captured(pre, a, ds, names)  # (B, Q, L)
+        layer, _ = score_batch(pre, a, ds, curvature, q_norm)  # (B, Q, L)
         check_finite(layer, f"the scores of chunk {c}")
         parts.append(layer.float().cpu())
         bar.update(layer.shape[0])
     layers = torch.cat(parts)[back].permute(1, 2, 0).contiguous()
     return layers.sum(1), layers
+
+
+def _chunk_queries(model, task, curvature, queries, preconditioned, dev, args: ScanArguments):
+    """(query gradients as the chunks score them (rank `args.query_rank`), (Q,) norms or None): the norms of
+    normalize="unit" from the full-rank preconditioned gradients, before the rank reduction."""
+    if preconditioned is None:
+        _, full, norms = _preconditioned(model, task, curvature, queries, dev, args.normalize)
+    else:
+        full = {k: v.to(dev) for k, v in preconditioned.items()}
+        on_dev = {k: v.to(dev) for k, v in queries.items()}
+        norms = query_norms(model, task, curvature, on_dev, full) if args.normalize == "unit" else None
+    return low_rank_queries(full, args.query_rank), norms
 
 
 def _scan_chunks(
@@ -230,12 +263,7 @@ def _scan_chunks(
                 except CorruptFileError as e:  # a chunk is recomputable: rescan it
                     rescanned.append(str(e))
             if pre is None:  # only when some chunk is missing
-                full = (
-                    preconditioned
-                    if preconditioned is not None
-                    else _preconditioned(model, task, curvature, queries, dev)[1]
-                )
-                pre = low_rank_queries({k: v.to(dev) for k, v in full.items()}, args.query_rank)
+                pre = _chunk_queries(model, task, curvature, queries, preconditioned, dev, args)
             chunks[c] = _score_chunk(model, task, curvature, data, pre, sel, args.batch_size, dev, bar, c)
             scores, layers = chunks[c]
             save_tensors(path, {"scores": scores, "layer_scores": layers, "indices": sel}, {"chunk": str(c)})
@@ -264,13 +292,15 @@ def scan(
     """Score every query on every candidate row (default: all rows), resuming from `out_dir` if it holds this scan.
 
     How it batches and stores is `args`, or `ScanArguments(**options)` from keywords such as `batch_size=`,
-    `query_rank=`, `chunk_batches=`, `device=`, `progress=`. Each chunk keeps the layer-wise split of its
-    scores too, so layer studies read the scan. `preconditioned` (full-rank (G+λI)⁻¹∇f per layer, from
-    `precondition_queries`) skips recomputing them; they are computed only if some chunk is missing.
+    `query_rank=`, `chunk_batches=`, `device=`, `progress=`, `normalize=` ("none" or "unit": cosine scores, whose
+    query norms come from the full-rank gradients). Each chunk keeps the layer-wise split of its scores too, so
+    layer studies read the scan. `preconditioned` (full-rank (G+λI)⁻¹∇f per layer, from `precondition_queries`)
+    skips recomputing them; they are computed only if some chunk is missing.
     """
     if args is not None and options:
         raise InfluenceError(f"scan takes either args or keyword options, not both (got {sorted(options)})")
     args = args if args is not None else from_options(ScanArguments, options)
+    check_normalization(args.normalize, curvature)
     n = num_rows(data)
     task.check_batch(data)
     indices = torch.arange(n) if indices is None else torch.as_tensor(indices, dtype=torch.long)
@@ -279,9 +309,7 @@ def scan(
     num_q = next(iter(queries.values())).shape[0]
     names = list(query_names) if query_names is not None else [f"query_{i}" for i in range(num_q)]
     out_dir = Path(out_dir)
-    manifest = _manifest(
-        model, curvature, queries, names, data, indices, args.query_rank, args.batch_size, args.chunk_batches
-    )
+    manifest = _manifest(model, curvature, queries, names, data, indices, args)
     with collectively():  # rank 0 checks or writes the manifest before any rank writes a chunk
         if is_main():
             _check_or_write_manifest(out_dir, manifest)
@@ -295,6 +323,7 @@ def scan(
             **curvature.describe(),
             "scale_convention": SCALE_CONVENTION,
             "query_rank": "full" if args.query_rank is None else str(args.query_rank),
+            "normalize": args.normalize,
             "num_candidates": str(len(indices)),
         },
     )
@@ -309,15 +338,20 @@ def top_k_breakdown(
     top_rows: torch.Tensor,
     batch_size: int = 16,
     device=None,
+    normalize: str = "none",
 ) -> list[TopBreakdown]:
-    """For each query q, full-rank layer- and token-wise scores of its rows `top_rows[q]` (one pass over their union)."""
-    dev, pre = _preconditioned(model, task, curvature, queries, device)
+    """For each query q, full-rank layer- and token-wise scores of its rows `top_rows[q]` (one pass over their union).
+
+    `normalize`: as the scan that chose the rows ("unit": cosine scores, comparable with a unit scan's)."""
+    check_normalization(normalize, curvature)
+    dev, pre, q_norm = _preconditioned(model, task, curvature, queries, device, normalize)
     names = [l.name for l in curvature.layers]
     union = by_length(data, torch.unique(top_rows.flatten()))
     width = next(iter(data.values())).shape[1]
     per_query: list[dict[int, tuple]] = [dict() for _ in range(top_rows.shape[0])]
     wanted = [set(r.tolist()) for r in top_rows]
     for sel, _, a, ds in capture_batches(model, task, curvature.layers, data, batch_size, shard(union), dev):
+        m_norm = candidate_norms(curvature, a, ds) if q_norm is not None else None
         for q in range(top_rows.shape[0]):
             keep = [i for i, r in enumerate(sel.tolist()) if r in wanted[q]]
             if not keep:
@@ -330,6 +364,8 @@ def top_k_breakdown(
                 names,
                 per_token=True,
             )
+            if m_norm is not None:
+                layer, tok = (unit_scaled(t, q_norm[q : q + 1], m_norm[k]) for t in (layer, tok))
             for j, i in enumerate(keep):
                 per_query[q][int(sel[i])] = (layer[j, 0].cpu(), pad_positions(tok[j, 0].cpu(), width))
     if world_size() > 1:  # each rank scored its shard of the rows: gather them all on every rank
@@ -356,7 +392,7 @@ def scores_at_ranks(
     device=None,
 ) -> dict[int | None, torch.Tensor]:
     """Scores (Q, N) of the same candidates at several query ranks (None = full), from one capture per batch."""
-    dev, pre = _preconditioned(model, task, curvature, queries, device)
+    dev, pre, _ = _preconditioned(model, task, curvature, queries, device)
     reps = {r: low_rank_queries(pre, r) for r in ranks}
     names = [l.name for l in curvature.layers]
     parts: dict = {r: [] for r in ranks}

@@ -4,6 +4,12 @@ I(z_m) = −Σ_ℓ ⟨(G_ℓ+λ_ℓI)⁻¹ ∇_ℓ f, ∇_ℓ L(z_m)⟩ with f =
 for language models) and L the summed training loss with true labels. No 1/N factor: f(θ_ε) − f(θ) ≈ ε·I
 when z_m is added with weight ε. Token t's share is −g_tᵀ Q̃_ℓ ā_t, so token-wise scores need no per-token
 gradient copies, and sum exactly to the sequence score.
+
+`normalize="unit"` divides every score by ‖∇f_q‖_M·‖∇L(z_m)‖_M, with ‖x‖²_M = Σ_ℓ ⟨x_ℓ, (G_ℓ+λ_ℓI)⁻¹ x_ℓ⟩ from the
+curvature's own `ihvp`: the cosine in the preconditioned space (TrackStar, RelatIF), in [−1, 1] with I's sign. They
+find that a few sequences of high gradient norm dominate unnormalized rankings; the cosine ranks by direction.
+Layer- and token-wise scores are divided by the same two totals, so they still sum to the sequence score. It needs
+`ihvp` on every candidate's gradient, so only curvatures with `batched_ihvp` (not LiSSA) offer it.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .arguments import check_normalize
 from .batching import num_rows, pad_positions
 from .capture import check_finite, eval_mode, frozen_parameters, sequence_gradients
-from .curvature import Curvature
+from .curvature import CURVATURES, Curvature
 from .errors import InfluenceError
 from .gradients import query_gradients
 from .lowrank import LowRank, low_rank_queries
@@ -45,14 +52,62 @@ class InfluenceScores:
         return self.token_scores.sum(2)
 
 
-def precondition_queries(model, task, curvature: Curvature, queries: dict) -> dict[str, torch.Tensor]:
-    """(G_ℓ + λ_ℓ I)⁻¹ ∇_ℓ f for every query at once: (Q, P, M+1) per layer."""
+def check_normalization(normalize, curvature: Curvature) -> None:
+    """Refuse a bad `normalize`, or "unit" with a curvature that cannot apply its ihvp to every candidate cheaply."""
+    check_normalize(normalize)
+    if normalize == "unit" and not curvature.batched_ihvp:
+        cheap = sorted(n for n, c in CURVATURES.items() if c.batched_ihvp)
+        raise InfluenceError(
+            f"normalize='unit' needs (G+λI)⁻¹ of every candidate's gradient, and curvature {curvature.name!r} solves "
+            f"one vector at a time (far too slow for a training set): use one of {cheap}, or normalize='none'"
+        )
+
+
+def metric_norms(pre: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(R,) ‖x_r‖_M = sqrt(Σ_ℓ ⟨x_rℓ, (G_ℓ+λ_ℓI)⁻¹ x_rℓ⟩) per row r, from x (`grads`) and its ihvp (`pre`), in float64."""
+    total = sum(torch.einsum("rk,rk->r", pre[n].flatten(1).double(), grads[n].flatten(1).double()) for n in grads)
+    return total.clamp_min(0).sqrt()  # ≥ 0 for a positive definite M; the clamp absorbs rounding only
+
+
+def _query_pass(model, task, curvature: Curvature, queries: dict):
+    """(∇f, (G + λI)⁻¹∇f) of every query, each (Q, P, M+1) per layer."""
     with eval_mode(model), frozen_parameters(model):
         grads = query_gradients(model, task, curvature.layers, queries)
     pre = curvature.ihvp(grads)
     for name, t in pre.items():
         check_finite(t, f"the preconditioned query gradient of layer {name}")
-    return pre
+    return grads, pre
+
+
+def precondition_queries(model, task, curvature: Curvature, queries: dict) -> dict[str, torch.Tensor]:
+    """(G_ℓ + λ_ℓ I)⁻¹ ∇_ℓ f for every query at once: (Q, P, M+1) per layer."""
+    return _query_pass(model, task, curvature, queries)[1]
+
+
+def preconditioned_with_norms(model, task, curvature: Curvature, queries: dict, normalize: str = "none"):
+    """(precondition_queries' result, (Q,) ‖∇f_q‖_M for normalize="unit" else None), from one query pass."""
+    grads, pre = _query_pass(model, task, curvature, queries)
+    return pre, (metric_norms(pre, grads) if normalize == "unit" else None)
+
+
+def query_norms(model, task, curvature: Curvature, queries: dict, pre: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(Q,) ‖∇f_q‖_M from the queries' full-rank preconditioned gradients `pre` (computed before, e.g. by a caller)."""
+    with eval_mode(model), frozen_parameters(model):
+        grads = query_gradients(model, task, curvature.layers, queries)
+    return metric_norms({k: v.to(grads[k].device) for k, v in pre.items()}, grads)
+
+
+def candidate_norms(curvature: Curvature, a: dict, ds: dict) -> torch.Tensor:
+    """(B,) ‖∇L(z_b)‖_M of a captured batch: its per-sequence gradients (true labels) and their ihvp."""
+    dw = {l.name: sequence_gradients(a[l.name], ds[l.name]) for l in curvature.layers}
+    return metric_norms(curvature.ihvp(dw), dw)
+
+
+def unit_scaled(scores: torch.Tensor, query_norm: torch.Tensor, candidate_norm: torch.Tensor) -> torch.Tensor:
+    """Scores (B, Q, ...) divided by candidate_norm[b]·query_norm[q]; 0 where a norm is 0 (the score is 0 there)."""
+    inv_m, inv_q = (torch.where(n > 0, 1 / n, 0.0).to(scores) for n in (candidate_norm, query_norm))
+    shape = (1,) * (scores.dim() - 2)
+    return scores * inv_m.view(-1, 1, *shape) * inv_q.view(1, -1, *shape)
 
 
 def score_captured(pre: dict[str, torch.Tensor], a: dict, ds: dict, layer_names: list[str], per_token: bool = False):
@@ -78,6 +133,15 @@ def score_captured(pre: dict[str, torch.Tensor], a: dict, ds: dict, layer_names:
     return layer, (torch.stack(per_tok, 2) if per_token else None)
 
 
+def score_batch(pre, a: dict, ds: dict, curvature: Curvature, query_norm=None, per_token: bool = False):
+    """`score_captured` over the curvature's layers; unit-normalized when the queries' norms (Q,) are given."""
+    layer, tok = score_captured(pre, a, ds, [l.name for l in curvature.layers], per_token)
+    if query_norm is None:
+        return layer, tok
+    m = candidate_norms(curvature, a, ds)
+    return unit_scaled(layer, query_norm, m), (None if tok is None else unit_scaled(tok, query_norm, m))
+
+
 def compute_scores(
     model,
     task,
@@ -91,19 +155,25 @@ def compute_scores(
     device=None,
     progress=None,
     query_rank: int | None = None,
+    normalize: str = "none",
 ) -> InfluenceScores:
-    """Score every query against the training rows `indices` (default: all) in one pass over them."""
+    """Score every query against the training rows `indices` (default: all) in one pass over them.
+
+    `normalize="unit"`: cosine scores I / (‖∇f_q‖_M·‖∇L(z_m)‖_M) (module docstring); the query norms come from the
+    full-rank preconditioned gradients, before any `query_rank` reduction."""
+    check_normalization(normalize, curvature)
     num_rows(data)
     task.check_batch(data)
     dev = resolve_device(model, device)
-    pre = low_rank_queries(
-        precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in queries.items()}), query_rank
+    full, q_norm = preconditioned_with_norms(
+        model, task, curvature, {k: v.to(dev) for k, v in queries.items()}, normalize
     )
+    pre = low_rank_queries(full, query_rank)
     names = [l.name for l in curvature.layers]
     width = next(iter(data.values())).shape[1] if per_token else 0
     layer_chunks, token_chunks, rows = [], [], []
     for sel, _, a, ds in capture_batches(model, task, curvature.layers, data, batch_size, indices, dev):
-        layer, tok = score_captured(pre, a, ds, names, per_token)
+        layer, tok = score_batch(pre, a, ds, curvature, q_norm, per_token)
         check_finite(layer, f"the scores of training rows {int(sel[0])}..{int(sel[-1])}")
         layer_chunks.append(layer.cpu())
         if tok is not None:
@@ -122,5 +192,6 @@ def compute_scores(
             **curvature.describe(),
             "scale_convention": SCALE_CONVENTION,
             "query_rank": "full" if query_rank is None else str(query_rank),
+            "normalize": normalize,
         },
     )

@@ -78,6 +78,13 @@ class ScoreOptions:
         default="float32", metadata={"help": "Scan forward/backward under autocast: float32 (off), bf16 or fp16."}
     )
     num_threads: Optional[int] = field(default=None, metadata={"help": "Torch threads (null: torch's default)."})
+    normalize: str = field(
+        default="none",
+        metadata={
+            "help": "none (influence) or unit: each score divided by the query's and the sequence's gradient norms in "
+            "the curvature's metric (cosine in the preconditioned space, as TrackStar and RelatIF)."
+        },
+    )
 
     def __post_init__(self):
         for key in ("top_k", "batch_size", "query_memory_mb", "chunk_batches"):
@@ -90,6 +97,8 @@ class ScoreOptions:
             )
         check_device("score.device", self.device)  # cuda on a CPU-only build fails here, not at model.to()
         autocast_dtype(self.precision)  # an unknown precision fails, naming the valid ones
+        if self.normalize not in ("none", "unit"):
+            raise InfluenceError(f"score.normalize={self.normalize!r}: use none or unit")
 
 
 @dataclass

@@ -148,6 +148,7 @@ def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
                 "batch": opts.batch_size,
                 "chunk": opts.chunk_batches,
                 "precision": opts.precision,
+                **({"normalize": opts.normalize} if opts.normalize != "none" else {}),  # plain scans keep their keys
             }
         )
     )
@@ -177,6 +178,7 @@ def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
         query_rank=rank,
         chunk_batches=opts.chunk_batches,
         device=opts.device,
+        normalize=opts.normalize,
     )
     if per_query is not None:
         result = result.restricted_to(per_query)
@@ -234,6 +236,7 @@ def breakdown_stage(cfg: DictConfig, world, curvature, result, k: int, queries=N
         rows,
         batch_size=opts.batch_size,
         device=opts.device,
+        normalize=opts.normalize,
     )
     with collectively():
         if path is not None and is_main():

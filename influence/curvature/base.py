@@ -1,7 +1,8 @@
 """The curvature interface, its typed configs, the registry, and the damping rule shared by all methods.
 
 A method is a class with `fit(...)` and `ihvp(...)`, registered by name, that declares what it needs and
-keeps (`stores_factors`, `uses_labels`, `cacheable`, `memory`): callers branch on these, never on names.
+keeps (`stores_factors`, `uses_labels`, `cacheable`, `batched_ihvp`, `memory`): callers branch on these, never
+on names.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ class Curvature(ABC):
     stores_factors: ClassVar[bool] = False
     #: whether fitting backpropagates the training loss with `config.labels` (sampled ones keyed by `config.seed`)
     uses_labels: ClassVar[bool] = False
+    #: whether its ihvp of many vectors at once costs about one matrix product per layer, so that it can be applied
+    #: to every candidate's gradient (unit-normalized scores need ‖∇L(z_m)‖_M of each); False: a solve per vector
+    batched_ihvp: ClassVar[bool] = False
 
     def __init__(self, layers: list[TrackedLayer], config: FitConfig):
         self.layers = layers

@@ -10,6 +10,7 @@ from .factors import KroneckerCurvature, basis_from_state, basis_state, fit_kron
 @register
 class EKFAC(KroneckerCurvature):
     name = "ekfac"
+    batched_ihvp = True  # four matrix products per layer in the Kronecker eigenbasis
 
     def _set_eigenvalues(self, basis, lam):
         self.basis, self.lam = basis, lam

@@ -19,6 +19,7 @@ class Identity(Curvature):
     name = "identity"
     config_class = IdentityConfig
     uses_labels = False
+    batched_ihvp = True  # returns its input
 
     @classmethod
     def fit(cls, model, task, data, layers, config, device=None):

@@ -16,6 +16,7 @@ from .factors import KroneckerCurvature, basis_from_state, basis_state, fit_kron
 @register
 class KFAC(KroneckerCurvature):
     name = "kfac"
+    batched_ihvp = True  # four matrix products per layer in the Kronecker eigenbasis
 
     def _set(self, basis, tokens_per_sequence: float):
         self.basis, self.tokens_per_sequence = basis, float(tokens_per_sequence)

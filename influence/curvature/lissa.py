@@ -113,6 +113,7 @@ class LiSSA(Curvature):
     config_class = LissaConfig
     cacheable = False
     uses_labels = True  # the damping's trace E_seq‖∇_ℓ L(ŷ)‖²
+    batched_ihvp = False  # a recursion of `depth` Gauss–Newton products per vector
 
     @classmethod
     def fit(cls, model, task, data, layers, config, device=None):
