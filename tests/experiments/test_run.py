@@ -42,7 +42,7 @@ def test_top_influences_job_writes_tables_and_reuses_factors(tiny_cfg, tiny_worl
     # a memorised quote's top sequence is one of its copies (exact passage among the top)
     hamlet = top[top["query"] == "quote_hamlet"].iloc[0]
     assert "To be, or not to be" in hamlet["text"]
-    factors = list((tiny_output_dir / "factors").rglob("ekfac-*.safetensors"))
+    factors = list((tiny_output_dir / "factors" / tiny_world.name).glob("ekfac-*.safetensors"))  # this model's own
     assert len(factors) == 1
     mtime = factors[0].stat().st_mtime_ns
     fit_stage(tiny_cfg, tiny_world)  # reused, not refitted
