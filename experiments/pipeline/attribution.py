@@ -57,6 +57,26 @@ def check_methods(names, where: str) -> list[Method]:
     return [METHODS[n] for n in names]
 
 
+#: the method options' default and help, one definition for every study that compares methods
+OVERRIDES_HELP = (
+    "per method, curvature options over its conf/curvature block (LiSSA solves every query vector by its "
+    "recursion and estimates each fixed minibatch's step: a shorter depth and a fitting sample keep it in budget)"
+)
+
+
+def default_overrides() -> dict:
+    return {"lissa": {"depth": 100, "max_sequences": 512}}
+
+
+def check_overrides(overrides: dict, where: str) -> None:
+    """Overrides name only known methods, or one InfluenceError line names the others."""
+    unknown = set(overrides) - set(METHODS)
+    if unknown:
+        raise InfluenceError(
+            f"{where}.method_overrides has unknown methods {sorted(unknown)}: use {', '.join(METHODS)}"
+        )
+
+
 def method_config(cfg: DictConfig, method: Method, overrides: dict | None = None) -> DictConfig:
     """`cfg` with the method's curvature block and normalization (and its study overrides)."""
     sub = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))

@@ -25,7 +25,15 @@ from embedded.prepare import prepare_data
 from influence import InfluenceError, Query
 from influence.batching import sample_indices
 
-from ..pipeline.attribution import METHODS, check_methods, method_scores, study_worlds
+from ..pipeline.attribution import (
+    METHODS,
+    OVERRIDES_HELP,
+    check_methods,
+    check_overrides,
+    default_overrides,
+    method_scores,
+    study_worlds,
+)
 from .registry import Study, option
 
 
@@ -43,14 +51,11 @@ class Options:
     max_facts: int | None = option(None, "trace the first this many facts (null: every fact the corpus states)")
     distractors: int | None = option(2000, "candidates not stating any traced fact, a seeded sample (null: all)")
     ks: list[int] = option(help="the k of Recall@k", factory=lambda: [10, 50])
-    method_overrides: dict = option(
-        help="per method, curvature options over its conf/curvature block (LiSSA solves every query vector by its "
-        "recursion and estimates each fixed minibatch's step: a shorter depth and a fitting sample keep it in budget)",
-        factory=lambda: {"lissa": {"depth": 100, "max_sequences": 512}},
-    )
+    method_overrides: dict = option(help=OVERRIDES_HELP, factory=default_overrides)
 
     def __post_init__(self):
         check_methods(self.methods, "fact_tracing")
+        check_overrides(self.method_overrides, "fact_tracing")
         if not self.directions or set(self.directions) - {"forward", "flipped"}:
             raise InfluenceError(f"fact_tracing.directions={self.directions}: use forward and/or flipped")
         if self.max_facts is not None and self.max_facts < 1:
@@ -59,9 +64,6 @@ class Options:
             raise InfluenceError(f"fact_tracing.distractors={self.distractors} must be >= 0 (or null)")
         if not self.ks or any(int(k) < 1 for k in self.ks):
             raise InfluenceError(f"fact_tracing.ks={self.ks}: give positive integers")
-        unknown = set(self.method_overrides) - set(METHODS)
-        if unknown:
-            raise InfluenceError(f"fact_tracing.method_overrides has unknown methods {sorted(unknown)}")
 
 
 def fact_queries(cfg, world, opts: Options) -> tuple[list[Query], pd.DataFrame]:

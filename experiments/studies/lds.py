@@ -31,7 +31,15 @@ from embedded.world import TrainingSet
 from influence import InfluenceError
 from influence.batching import sample_indices
 
-from ..pipeline.attribution import METHODS, check_methods, method_scores, study_worlds
+from ..pipeline.attribution import (
+    METHODS,
+    OVERRIDES_HELP,
+    check_methods,
+    check_overrides,
+    default_overrides,
+    method_scores,
+    study_worlds,
+)
 from ..pipeline.bank import Retrain, RetrainBank, subset_masks, without
 from ..pipeline.options import typed
 from ..pipeline.stages import encode_stage, select_queries
@@ -60,14 +68,11 @@ class Options:
     shard: int = option(0, "this job's share of the retrain bank (0 .. shards-1)")
     shards: int = option(1, "jobs the bank is split over (one Hydra -m job per lds.shard value)")
     bank_only: bool = option(False, "fill this share of the bank and stop (then run once without it for the scores)")
-    method_overrides: dict = option(
-        help="per method, curvature options over its conf/curvature block (LiSSA solves every query vector by its "
-        "recursion and estimates each fixed minibatch's step: a shorter depth and a fitting sample keep it in budget)",
-        factory=lambda: {"lissa": {"depth": 100, "max_sequences": 512}},
-    )
+    method_overrides: dict = option(help=OVERRIDES_HELP, factory=default_overrides)
 
     def __post_init__(self):
         check_methods(self.methods, "lds")
+        check_overrides(self.method_overrides, "lds")
         for key, low in (
             ("n_finetune", 4),
             ("n_subsets", 3),
