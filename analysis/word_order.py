@@ -3,12 +3,17 @@
 Pure functions of the study's long table `word_order_scores` (one row per scale point × query × sequence).
 A ratio is mean influence of one partition over the mean of another, per (size, seed, query); the headline
 is its median over forward queries and seeds at one size. Ratios are reported as measured, whatever their sign.
+
+The per-answer-token view (`word_order_answer_tokens`, one row per answer token of each query × sequence) gives
+each partition's share of summed influence on the answer's first token and on its later ones (`analysis.answer_tokens`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from .answer_tokens import first_token_shares, median_share
 
 POINT = ["size", "size_order", "seed", "params"]
 QUERY = ["query", "query_order", "fact_id"]
@@ -190,3 +195,34 @@ def ratio_figure(ratios: pd.DataFrame):
             handles, labels, fontsize=6, loc="lower center", ncol=min(4, len(labels)), bbox_to_anchor=(0.5, -0.12)
         )
     return fig
+
+
+def answer_token_shares(tokens: pd.DataFrame) -> pd.DataFrame:
+    """Per scale point, query, partition and language: the share of the partition's summed influence on the first
+    answer token and on the later ones, with a `category` label and `category_order` for the figure."""
+    keys = POINT + QUERY + ["partition", "language", "order_vs_query"]
+    shares = first_token_shares(tokens, keys)
+    shares["category"] = [
+        _bar_label(p, l, o) for p, l, o in zip(shares["partition"], shares["language"], shares["order_vs_query"])
+    ]
+    order = {c: i for i, c in enumerate(sorted(set(shares["category"]), key=lambda c: _category_key(shares, c)))}
+    shares["category_order"] = shares["category"].map(order)
+    return shares
+
+
+def _category_key(shares: pd.DataFrame, category: str) -> tuple:
+    return _bar_order(shares[shares["category"] == category].iloc[0])
+
+
+def answer_token_summary(shares: pd.DataFrame) -> dict:
+    """The later answer tokens' share of the English same-order (rewording) and flipped-order influence: each a
+    median over forward queries whose answer has more than one token, and seeds, at the largest size (NaN when
+    none has)."""
+    fwd = shares[(shares["query_order"] == "forward") & (shares["language"] == "en")]
+    multi = fwd[(fwd["size_order"] == fwd["size_order"].max()) & (fwd["answer_tokens"] > 1)]
+    same, flip = same_and_flipped("forward")
+    return {
+        "answer_later_tokens_share_same_order": median_share(fwd[fwd["partition"] == same]),
+        "answer_later_tokens_share_flipped": median_share(fwd[fwd["partition"] == flip]),
+        "answer_multi_token_queries": int(multi["query"].nunique()),
+    }

@@ -75,7 +75,7 @@ def finetune(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, setti
         order = torch.randperm(n, generator=gen)
         for s in range(0, n, settings.batch_size):
             rows = order[s : s + settings.batch_size]
-            ids, mask = input_ids[rows], attention_mask[rows]
+            ids, mask = input_ids[rows].long(), attention_mask[rows]  # a memory-mapped shard holds uint16 ids
             width = int(mask.sum(1).max())
             for g in opt.param_groups:
                 g["lr"] = _lr(step, total, settings)

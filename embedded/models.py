@@ -1,4 +1,5 @@
-"""The model of the embedded world, and any local Hugging Face causal LM: built, loaded, planned, counted.
+"""The model of the embedded world, and any Hugging Face causal LM (a local directory or a hub id, which
+`embedded.hub` resolves to its cached snapshot): built, loaded, planned, counted.
 
 Each fact about a model (its architecture table, its context length, its non-embedding parameter count)
 is defined once here, on the model, the way nanoGPT's `GPT.get_num_params` is.
@@ -24,6 +25,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from influence.errors import InfluenceError
 
+from .hub import locate
 from .tokenizer import load_tokenizer
 
 #: model-config keys that make the architecture (part of a trained model's fingerprint)
@@ -207,12 +209,14 @@ def check_vocab(model, tokenizer, where: str) -> None:
         )
 
 
-def load_checkpoint(path: str):
-    """A local HF causal LM and its tokenizer, in eval mode, float32, on CPU.
+def load_checkpoint(path: str, revision: str | None = None):
+    """A HF causal LM and its tokenizer, in eval mode, float32, on CPU: from a local directory, or from a hub id
+    at `revision` (its cached snapshot, downloaded when missing and online; see `embedded.hub`).
 
     Everything is checked at load, each failure one line naming the file: the config (JSON, a causal LM), the
     weights (present, not truncated, covering every parameter: transformers would initialise missing ones at
     random with only a warning), the tokenizer (present, parseable, not empty) and its fit to the embeddings."""
+    path = locate(path, revision).path
     where = f"model.path={path}"
     read_config(path)
     check_weights(path)
@@ -266,8 +270,10 @@ def context_limit(model) -> int | None:
 
 
 def meta_model(cfg: DictConfig):
-    """The configured model with no storage: from `model.path`'s config.json, or the embedded size's config."""
+    """The configured model with no storage: from `model.path`'s config.json (a hub id's from its snapshot at
+    `model.revision`), or the embedded size's config."""
+    config = read_config(locate(str(cfg.model.path), cfg.model.get("revision")).path) if cfg.model.get("path") else None
     with torch.device("meta"):
-        if cfg.model.get("path"):
-            return AutoModelForCausalLM.from_config(read_config(str(cfg.model.path)))
+        if config is not None:
+            return AutoModelForCausalLM.from_config(config)
         return build_model(cfg.model, int(cfg.data.vocab_size), 0, int(cfg.seed))

@@ -19,8 +19,10 @@ from . import corpus as corpus_mod
 from .corpus import datasheet
 from .corpus.facts import Fact
 from .fingerprint import fingerprint
-from .local_data import load_local_texts
+from .local_data import chunk_meta, document_meta, load_local_documents, local_options
 from .sequences import chunk_stream, document_rows, encode
+from .shards import open_stream
+from .token_rows import PackedRows
 from .tokenizer import load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -69,9 +71,29 @@ def prepare_data(cfg: DictConfig, tokenizer=None) -> Prepared:
     seq_len = int(cfg.data.seq_len)
     if seq_len < 8:
         raise InfluenceError(f"data.seq_len={seq_len} is too short: use at least 8 tokens")
+    if cfg.data.get("name") == "shards":
+        return _prepare_shards(cfg, tokenizer, seq_len)
     if cfg.data.get("path"):
         return _prepare_local(cfg, tokenizer, seq_len)
     return _prepare_embedded(cfg, tokenizer, seq_len)
+
+
+def _prepare_shards(cfg: DictConfig, tokenizer, seq_len: int) -> Prepared:
+    """data=shards: a pre-tokenized corpus read from disk in place (`embedded.shards`): the rows are a view of its
+    memory-mapped tokens, texts are decoded on demand, nothing is tokenized and no validation rows are cut (the
+    checkpoint was trained elsewhere)."""
+    if tokenizer is None:
+        raise InfluenceError(
+            "data=shards scores a corpus with a model trained elsewhere: set model.path=<checkpoint> (its tokenizer "
+            "made the shard's ids; training on shards is not supported)"
+        )
+    stream = open_stream(cfg.data, len(tokenizer), output_root(cfg) / "corpora")
+    max_rows = cfg.data.get("max_rows")
+    rows = PackedRows(stream, seq_len, max_rows)
+    rows.check_vocabulary(len(tokenizer))
+    tok_id = str(getattr(tokenizer, "name_or_path", "external"))
+    fp = fingerprint("shards", stream.key, tok_id, seq_len, max_rows)
+    return Prepared(tokenizer, rows, rows.texts(tokenizer), rows.meta(), [], fp, "chunks")
 
 
 def _corpus_config(cfg: DictConfig) -> dict:
@@ -178,10 +200,15 @@ def _read_facts(path: Path) -> list:
 
 
 def _prepare_local(cfg: DictConfig, tokenizer, seq_len: int) -> Prepared:
+    """A local corpus as rows (`data.rows`: chunks of the stream, or one document per row) with each row's labels
+    (`embedded.local_data`; conf/data/local.yaml says what a row spanning documents carries)."""
     path = str(cfg.data.path)
-    texts = load_local_texts(path, cfg.data.get("text_column"))
+    opts = local_options(cfg.data)  # bad row mode or column names fail before a file is read
+    docs = load_local_documents(path, opts)
+    texts = docs.texts
     vocab = int(cfg.data.get("vocab_size", 4096))
-    lfp = fingerprint(str(Path(path).expanduser().resolve()), _stat(path), vocab)
+    text_key = [opts.text_column] if opts.text_column else []  # the default keeps the tokenizers cached before
+    lfp = fingerprint(str(Path(path).expanduser().resolve()), _stat(path), vocab, *text_key)
     tok_id = "trained"
     if tokenizer is None:
         tdir = output_root(cfg) / "corpora" / f"local-{lfp}" / "tokenizer"
@@ -192,21 +219,23 @@ def _prepare_local(cfg: DictConfig, tokenizer, seq_len: int) -> Prepared:
     else:
         tok_id = str(getattr(tokenizer, "name_or_path", "external"))
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
-    rows, offsets = chunk_stream(encode(tokenizer, texts), eos, seq_len)
+    ids = encode(tokenizer, texts)
+    lengths = [len(r) for r in ids]
+    if opts.rows == "documents":
+        rows, cut = document_rows(ids, eos, seq_len)
+    else:
+        rows, _ = chunk_stream(ids, eos, seq_len)
     n_val = int(round(float(cfg.data.get("val_fraction", 0.02)) * len(rows)))
     n_val = min(max(n_val, 1 if len(rows) > 1 else 0), len(rows) - 1)
     train_rows, val_rows = rows[: len(rows) - n_val], rows[len(rows) - n_val :]
-    meta = pd.DataFrame(
-        {
-            "id": range(len(train_rows)),
-            "category": "local",
-            "source": path,
-            "offset": offsets[: len(train_rows)],
-            "n_tokens": seq_len,
-        }
-    )
+    if opts.rows == "documents":
+        meta = document_meta(docs.labels, lengths, train_rows, cut)
+    else:
+        meta = chunk_meta(docs.labels, lengths, seq_len, len(train_rows))
     train_texts = [tokenizer.decode(r) for r in train_rows]
-    return Prepared(tokenizer, train_rows, train_texts, meta, val_rows, fingerprint(lfp, tok_id, seq_len), "chunks")
+    key = [opts.key()] if opts.key() else []  # row mode and column mapping; none at the defaults (cached keys kept)
+    fp = fingerprint(lfp, tok_id, seq_len, *key)
+    return Prepared(tokenizer, train_rows, train_texts, meta, val_rows, fp, opts.rows)
 
 
 def _stat(path: str) -> list:

@@ -24,6 +24,7 @@ from influence.storage import DISK_ERRNOS, write_failure
 from .paper import run_paper
 from .pipeline.options import check as check_options
 from .pipeline.outputs import begin_run, check_writable, end_run
+from .pipeline.sweep import check_hub_sizes
 from .report import publish
 from .studies import get_study
 from .tracking import log_safely, make_tracker
@@ -75,7 +76,10 @@ def main(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     Everything that can be checked without work is checked first (options, study options, the tracker, that the
     output directories are writable); then the run claims its directory (`status.json`: running), and marks it
     complete, or failed with the error, when it ends. A killed run keeps "running" with a pid that is gone."""
-    check_options(cfg)  # a bad option, data or model block, checkpoint, corpus path or query list fails before any work
+    # a bad option, data or model block, checkpoint, corpus path or query list fails before any work; so does a hub
+    # id (model.path or scale.sizes) neither cached nor downloadable (resolving it downloads it when online)
+    check_options(cfg)
+    check_hub_sizes(cfg)
     name = str(cfg.study)
     study = None if name == "paper" else get_study(name)
     if study is not None:

@@ -6,6 +6,7 @@ curvature = fit_curvature(model, task, {"input_ids": ids, "attention_mask": mask
 queries = encode_queries(tokenizer, [Query("q", "The capital of France is", " Paris")])
 result = compute_scores(model, task, curvature, queries, {"input_ids": ids, "attention_mask": mask})
 result.scores  # (queries, training sequences)
+compute_scores(..., per_answer_token=True).answer_token_scores  # (queries, sequences, completion tokens): sums to scores
 """
 
 from .arguments import PBRFArguments, ScanArguments
@@ -13,6 +14,7 @@ from .curvature import CURVATURES, Curvature, get_curvature_class
 from .errors import InfluenceError
 from .filtering import BM25Index, NoOverlapWarning
 from .fitting import fit_curvature, load_curvature
+from .gradients import AnswerTokens, expand_answer_tokens
 from .lowrank import LowRank, plan_query_rank
 from .modules import TrackedLayer, find_tracked_layers
 from .passes import capture_batches
@@ -23,6 +25,7 @@ from .scoring import SCALE_CONVENTION, InfluenceScores, compute_scores, precondi
 from .tasks import ClassificationTask, LanguageModelTask, RegressionTask, TabularTask, Task
 
 __all__ = [
+    "AnswerTokens",
     "BM25Index",
     "CURVATURES",
     "ClassificationTask",
@@ -47,6 +50,7 @@ __all__ = [
     "compute_scores",
     "context_length",
     "encode_queries",
+    "expand_answer_tokens",
     "find_tracked_layers",
     "fit_curvature",
     "get_curvature_class",

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from .batching import num_rows
+from .batching import num_rows, rows_fingerprint
 from .curvature import Curvature, get_curvature_class, make_config
 from .distributed import broadcast_object, collectively, is_main
 from .errors import InfluenceError
-from .fingerprint import combine, config_fingerprint, model_fingerprint, tensors_fingerprint
+from .fingerprint import combine, config_fingerprint, model_fingerprint
 from .modules import TrackedLayer, find_tracked_layers
 from .precision import without_default_precision
 from .storage import CorruptFileError, load_tensors, save_tensors
@@ -57,7 +57,7 @@ def fit_curvature(
         model_fp = model_fingerprint(model)
         fit_fp = combine(
             model_fp,
-            tensors_fingerprint(data),
+            rows_fingerprint(data),  # = tensors_fingerprint(data), a block of rows at a time (shards on disk)
             config_fingerprint(
                 {
                     "method": method,

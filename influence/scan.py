@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .arguments import ScanArguments, from_options
-from .batching import by_length, num_rows, pad_positions
+from .batching import by_length, num_rows, pad_positions, rows_fingerprint
 from .capture import check_finite
 from .curvature import Curvature
 from .distributed import all_gather_object, collectively, is_main, shard, world_size
@@ -94,9 +94,37 @@ class TopBreakdown:
     """The top-k of one query, re-scored at full rank with layer and token views."""
 
     rows: torch.Tensor  # (k,) training rows
-    scores: torch.Tensor  # (k,) full-rank scores
+    scores: torch.Tensor  # (k,) full-rank scores (cosines when `normalize` is "unit")
     layer_scores: torch.Tensor  # (k, L)
     token_scores: torch.Tensor  # (k, L, T)
+    # the outlier diagnostics (NaN where the curvature has no batched ihvp: LiSSA)
+    loss_per_token: torch.Tensor | None = None  # (k,) each row's mean training loss per target token
+    candidate_norm: torch.Tensor | None = None  # (k,) ‖∇L(z)‖_M in the curvature's metric
+    query_norm: torch.Tensor | None = None  # () ‖∇f_q‖_M
+    normalize: str = "none"
+
+    @property
+    def self_influence(self) -> torch.Tensor:
+        """(k,) ∇L(z)ᵀ(G+λI)⁻¹∇L(z) ≥ 0: large for sequences of high gradient norm, which fill unnormalized top lists."""
+        return self._diagnostic("candidate_norm").square()
+
+    @property
+    def cosine(self) -> torch.Tensor:
+        """(k,) the score as a cosine in the preconditioned space, I/(‖∇f_q‖_M·‖∇L(z)‖_M), whatever the scan scored."""
+        if self.normalize == "unit":
+            return self.scores
+        return self.scores / (self._diagnostic("query_norm") * self._diagnostic("candidate_norm"))
+
+    @property
+    def raw_scores(self) -> torch.Tensor:
+        """(k,) the influence I itself, also when the scan scored cosines."""
+        if self.normalize == "unit":
+            return self.scores * self._diagnostic("query_norm") * self._diagnostic("candidate_norm")
+        return self.scores
+
+    def _diagnostic(self, name: str) -> torch.Tensor:
+        value = getattr(self, name)
+        return torch.full_like(self.scores, torch.nan) if value is None else value.to(self.scores)
 
     @property
     def sparsity_ratio(self) -> torch.Tensor:
@@ -127,7 +155,7 @@ def _manifest(model, curvature, queries, names, data, indices, args: ScanArgumen
             {**without_default_precision(curvature.describe()), "state": tensors_fingerprint(curvature.state())}
         ),
         "queries": tensors_fingerprint({**{k: v.cpu() for k, v in queries.items()}}) + ":" + config_fingerprint(names),
-        "candidates": tensors_fingerprint({"indices": indices, **{k: v[indices] for k, v in data.items()}}),
+        "candidates": rows_fingerprint(data, indices),  # in blocks: a memory-mapped corpus is never copied whole
         "query_rank": "full" if args.query_rank is None else int(args.query_rank),
         "batch_size": int(args.batch_size),
         "chunk_batches": int(args.chunk_batches),
@@ -329,30 +357,23 @@ def scan(
     )
 
 
-def top_k_breakdown(
-    model,
-    task,
-    curvature: Curvature,
-    queries: dict[str, torch.Tensor],
-    data: dict[str, torch.Tensor],
-    top_rows: torch.Tensor,
-    batch_size: int = 16,
-    device=None,
-    normalize: str = "none",
-) -> list[TopBreakdown]:
-    """For each query q, full-rank layer- and token-wise scores of its rows `top_rows[q]` (one pass over their union).
+def row_losses(task, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
+    """(B,) each row's training loss per target token (the task's loss over its loss mask), for the diagnostics."""
+    counts = task.loss_mask(batch).sum(1).clamp_min(1).to(outputs.dtype)
+    sums = [task.loss(outputs[i : i + 1], {k: v[i : i + 1] for k, v in batch.items()}) for i in range(len(counts))]
+    return torch.stack(sums).detach() / counts
 
-    `normalize`: as the scan that chose the rows ("unit": cosine scores, comparable with a unit scan's)."""
-    check_normalization(normalize, curvature)
-    dev, pre, q_norm = _preconditioned(model, task, curvature, queries, device, normalize)
+
+def _breakdown_rows(model, task, curvature, pre, q_norm, data, wanted, batch_size, rows, dev, unit: bool):
+    """{row: (layer scores, token scores, ‖∇L‖_M, loss per token)} per query, for the rows in `wanted[q]`."""
     names = [l.name for l in curvature.layers]
-    union = by_length(data, torch.unique(top_rows.flatten()))
     width = next(iter(data.values())).shape[1]
-    per_query: list[dict[int, tuple]] = [dict() for _ in range(top_rows.shape[0])]
-    wanted = [set(r.tolist()) for r in top_rows]
-    for sel, _, a, ds in capture_batches(model, task, curvature.layers, data, batch_size, shard(union), dev):
-        m_norm = candidate_norms(curvature, a, ds) if q_norm is not None else None
-        for q in range(top_rows.shape[0]):
+    per_query: list[dict[int, tuple]] = [dict() for _ in wanted]
+    for sel, batch, a, ds in capture_batches(model, task, curvature.layers, data, batch_size, rows, dev):
+        m_norm = candidate_norms(curvature, a, ds) if curvature.batched_ihvp else torch.full((len(sel),), torch.nan)
+        with torch.no_grad():
+            loss = row_losses(task, task.forward(model, batch), batch).cpu()
+        for q in range(len(wanted)):
             keep = [i for i, r in enumerate(sel.tolist()) if r in wanted[q]]
             if not keep:
                 continue
@@ -364,19 +385,62 @@ def top_k_breakdown(
                 names,
                 per_token=True,
             )
-            if m_norm is not None:
+            if unit:
                 layer, tok = (unit_scaled(t, q_norm[q : q + 1], m_norm[k]) for t in (layer, tok))
             for j, i in enumerate(keep):
-                per_query[q][int(sel[i])] = (layer[j, 0].cpu(), pad_positions(tok[j, 0].cpu(), width))
+                found = (layer[j, 0].cpu(), pad_positions(tok[j, 0].cpu(), width), m_norm[i].cpu(), loss[i])
+                per_query[q][int(sel[i])] = found
+    return per_query
+
+
+def top_k_breakdown(
+    model,
+    task,
+    curvature: Curvature,
+    queries: dict[str, torch.Tensor],
+    data: dict[str, torch.Tensor],
+    top_rows: torch.Tensor,
+    batch_size: int = 16,
+    device=None,
+    normalize: str = "none",
+) -> list[TopBreakdown]:
+    """For each query q, full-rank layer- and token-wise scores of its rows `top_rows[q]` (one pass over their union),
+    with each row's outlier diagnostics: its loss per token and ‖∇L‖_M, and ‖∇f_q‖_M, so that a listing can show
+    the cosine beside the raw score (norms NaN for a curvature without a batched ihvp).
+
+    `normalize`: as the scan that chose the rows ("unit": cosine scores, comparable with a unit scan's)."""
+    check_normalization(normalize, curvature)
+    dev, pre, q_norm = _preconditioned(model, task, curvature, queries, device, normalize)
+    if q_norm is None:
+        q_norm = (
+            query_norms(model, task, curvature, {k: v.to(dev) for k, v in queries.items()}, pre)
+            if curvature.batched_ihvp
+            else torch.full((top_rows.shape[0],), torch.nan)
+        )
+    union = by_length(data, torch.unique(top_rows.flatten()))
+    wanted = [set(r.tolist()) for r in top_rows]
+    per_query = _breakdown_rows(
+        model, task, curvature, pre, q_norm, data, wanted, batch_size, shard(union), dev, normalize == "unit"
+    )
     if world_size() > 1:  # each rank scored its shard of the rows: gather them all on every rank
         for part in all_gather_object(per_query):
             for q, found in enumerate(part):
                 per_query[q].update(found)
     out = []
     for q, rows in enumerate(top_rows):
-        layers = torch.stack([per_query[q][int(r)][0] for r in rows])
-        tokens = torch.stack([per_query[q][int(r)][1] for r in rows])
-        out.append(TopBreakdown(rows=rows.clone(), scores=layers.sum(-1), layer_scores=layers, token_scores=tokens))
+        layers, tokens, norms, losses = (torch.stack(t) for t in zip(*(per_query[q][int(r)] for r in rows)))
+        out.append(
+            TopBreakdown(
+                rows=rows.clone(),
+                scores=layers.sum(-1),
+                layer_scores=layers,
+                token_scores=tokens,
+                loss_per_token=losses.float(),
+                candidate_norm=norms.float(),
+                query_norm=q_norm[q].detach().cpu().float(),
+                normalize=normalize,
+            )
+        )
     return out
 
 

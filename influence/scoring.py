@@ -10,6 +10,15 @@ curvature's own `ihvp`: the cosine in the preconditioned space (TrackStar, Relat
 find that a few sequences of high gradient norm dominate unnormalized rankings; the cosine ranks by direction.
 Layer- and token-wise scores are divided by the same two totals, so they still sum to the sequence score. It needs
 `ihvp` on every candidate's gradient, so only curvatures with `batched_ihvp` (not LiSSA) offer it.
+
+`per_answer_token=True` splits each query's score over its completion tokens: f = Σ_t log p(x_t | x_<t), so
+I = Σ_t I_t with I_t = −∇ log p(x_t | x_<t)ᵀ (G+λI)⁻¹ ∇L(z_m), exactly, for every curvature (the ihvp is linear).
+Each token is one more measurement row (`influence.gradients.expand_answer_tokens`: the same input, the completion
+mask keeping that token), preconditioned like a query (R = Σ_q T_c rows: the query pass and the stored
+preconditioned gradients grow with the completions' length; the candidates are captured once for both). Under
+`normalize="unit"` every I_t is divided by the FULL query's norm ‖∇f_q‖_M (and the candidate's), so the normalized
+I_t still sum to the normalized I; they are shares of a cosine, not cosines of their own. Full-rank queries only:
+a rank-r approximation of each token's gradient would not sum to the query's.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from .batching import num_rows, pad_positions
 from .capture import check_finite, eval_mode, frozen_parameters, sequence_gradients
 from .curvature import CURVATURES, Curvature
 from .errors import InfluenceError
-from .gradients import query_gradients
+from .gradients import AnswerTokens, expand_answer_tokens, query_gradients
 from .lowrank import LowRank, low_rank_queries
 from .passes import capture_batches, resolve_device
 
@@ -43,6 +52,8 @@ class InfluenceScores:
     layer_scores: torch.Tensor | None = None  # (Q, N, L), sums over L to `scores`
     token_scores: torch.Tensor | None = None  # (Q, N, L, T), sums over (L, T) to `scores`
     metadata: dict = field(default_factory=dict)
+    answer_token_scores: torch.Tensor | None = None  # (Q, N, T_c) per completion token, sums over T_c to `scores`
+    answer_tokens: AnswerTokens | None = None  # which token each T_c column is: `.token_ids`, `.mask` (Q, T_c)
 
     @property
     def token_totals(self) -> torch.Tensor:
@@ -133,13 +144,26 @@ def score_captured(pre: dict[str, torch.Tensor], a: dict, ds: dict, layer_names:
     return layer, (torch.stack(per_tok, 2) if per_token else None)
 
 
-def score_batch(pre, a: dict, ds: dict, curvature: Curvature, query_norm=None, per_token: bool = False):
-    """`score_captured` over the curvature's layers; unit-normalized when the queries' norms (Q,) are given."""
+def score_batch(
+    pre, a: dict, ds: dict, curvature: Curvature, query_norm=None, per_token: bool = False, candidate_norm=None
+):
+    """`score_captured` over the curvature's layers; unit-normalized when the queries' norms (Q,) are given (by the
+    batch's `candidate_norm` (B,) when given, else computed here)."""
     layer, tok = score_captured(pre, a, ds, [l.name for l in curvature.layers], per_token)
     if query_norm is None:
         return layer, tok
-    m = candidate_norms(curvature, a, ds)
+    m = candidate_norm if candidate_norm is not None else candidate_norms(curvature, a, ds)
     return unit_scaled(layer, query_norm, m), (None if tok is None else unit_scaled(tok, query_norm, m))
+
+
+def answer_token_queries(model, task, curvature: Curvature, queries: dict, query_norm=None):
+    """(AnswerTokens of `queries`, each row's (G+λI)⁻¹∇ log p(x_t | x_<t) (R, P, M+1) per layer, and (R,) the FULL
+    query's ‖∇f_q‖_M per row when the queries' norms `query_norm` (Q,) are given (normalize="unit"), else None)."""
+    dev = next(iter(queries.values())).device
+    tokens = expand_answer_tokens({k: v.cpu() for k, v in queries.items()})
+    pre = precondition_queries(model, task, curvature, {k: v.to(dev) for k, v in tokens.batch.items()})
+    norm = None if query_norm is None else query_norm[tokens.query.to(query_norm.device)]
+    return tokens, pre, norm
 
 
 def compute_scores(
@@ -156,42 +180,67 @@ def compute_scores(
     progress=None,
     query_rank: int | None = None,
     normalize: str = "none",
+    per_answer_token: bool = False,
 ) -> InfluenceScores:
     """Score every query against the training rows `indices` (default: all) in one pass over them.
 
     `normalize="unit"`: cosine scores I / (‖∇f_q‖_M·‖∇L(z_m)‖_M) (module docstring); the query norms come from the
-    full-rank preconditioned gradients, before any `query_rank` reduction."""
+    full-rank preconditioned gradients, before any `query_rank` reduction. `per_answer_token`: also
+    `answer_token_scores` (Q, N, T_c), each query's score split over its completion tokens (module docstring);
+    `scores` is unchanged by it."""
     check_normalization(normalize, curvature)
+    if per_answer_token and query_rank is not None:
+        raise InfluenceError(
+            f"per_answer_token=True needs full-rank queries, not query_rank={query_rank}: a rank-r approximation "
+            "of each answer token's gradient does not sum to the query's (pass query_rank=None)"
+        )
     num_rows(data)
     task.check_batch(data)
     dev = resolve_device(model, device)
-    full, q_norm = preconditioned_with_norms(
-        model, task, curvature, {k: v.to(dev) for k, v in queries.items()}, normalize
-    )
+    queries = {k: v.to(dev) for k, v in queries.items()}
+    full, q_norm = preconditioned_with_norms(model, task, curvature, queries, normalize)
+    answer = answer_token_queries(model, task, curvature, queries, q_norm) if per_answer_token else None
     pre = low_rank_queries(full, query_rank)
-    names = [l.name for l in curvature.layers]
     width = next(iter(data.values())).shape[1] if per_token else 0
-    layer_chunks, token_chunks, rows = [], [], []
+    parts: dict[str, list] = {"layer": [], "token": [], "rows": [], "answer": []}
     for sel, _, a, ds in capture_batches(model, task, curvature.layers, data, batch_size, indices, dev):
-        layer, tok = score_batch(pre, a, ds, curvature, q_norm, per_token)
+        m_norm = candidate_norms(curvature, a, ds) if q_norm is not None else None
+        layer, tok = score_batch(pre, a, ds, curvature, q_norm, per_token, m_norm)
         check_finite(layer, f"the scores of training rows {int(sel[0])}..{int(sel[-1])}")
-        layer_chunks.append(layer.cpu())
+        parts["layer"].append(layer.cpu())
         if tok is not None:
-            token_chunks.append(pad_positions(tok.cpu(), width))
-        rows.append(sel)
+            parts["token"].append(pad_positions(tok.cpu(), width))
+        if answer is not None:
+            per_row = score_batch(answer[1], a, ds, curvature, answer[2], candidate_norm=m_norm)[0].sum(-1)
+            check_finite(per_row, f"the answer-token scores of training rows {int(sel[0])}..{int(sel[-1])}")
+            parts["answer"].append(per_row.cpu())
+        parts["rows"].append(sel)
         if progress is not None:
             progress(len(sel))
-    layer_all = torch.cat(layer_chunks).permute(1, 0, 2)  # (Q, N, L)
+    return _assemble(parts, curvature, answer, per_layer or per_token, per_token, query_rank, normalize)
+
+
+def _assemble(parts: dict, curvature: Curvature, answer, keep_layers: bool, per_token: bool, query_rank, normalize):
+    """`compute_scores`' result from its batches' parts (each batch's (B, Q, L) layer scores, ...)."""
+    layer_all = torch.cat(parts["layer"]).permute(1, 0, 2)  # (Q, N, L)
+    meta = {
+        **curvature.describe(),
+        "scale_convention": SCALE_CONVENTION,
+        "query_rank": "full" if query_rank is None else str(query_rank),
+        "normalize": normalize,
+    }
+    tokens = None if answer is None else answer[0]
+    if tokens is not None:
+        meta["answer_tokens"] = "I_t per completion token, summing to I" + (
+            " (each divided by the full query's norm)" if normalize == "unit" else ""
+        )
     return InfluenceScores(
         scores=layer_all.sum(-1),
-        indices=torch.cat(rows),
-        layer_names=names,
-        layer_scores=layer_all if per_layer or per_token else None,
-        token_scores=torch.cat(token_chunks).permute(1, 0, 2, 3) if per_token else None,
-        metadata={
-            **curvature.describe(),
-            "scale_convention": SCALE_CONVENTION,
-            "query_rank": "full" if query_rank is None else str(query_rank),
-            "normalize": normalize,
-        },
+        indices=torch.cat(parts["rows"]),
+        layer_names=[l.name for l in curvature.layers],
+        layer_scores=layer_all if keep_layers else None,
+        token_scores=torch.cat(parts["token"]).permute(1, 0, 2, 3) if per_token else None,
+        metadata=meta,
+        answer_token_scores=None if tokens is None else tokens.fold(torch.cat(parts["answer"]).T).permute(0, 2, 1),
+        answer_tokens=tokens,
     )

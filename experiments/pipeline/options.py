@@ -23,8 +23,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from embedded.corpus import FAMILIES
-from embedded.local_data import corpus_files
+from embedded.hub import locate
+from embedded.local_data import corpus_files, local_options
 from embedded.models import check_weights, read_config
+from embedded.records import candidate_records
+from embedded.shards import check_shards
 from embedded.tokenizer import MIN_VOCAB, check_tokenizer_files
 from embedded.world import load_queries
 from influence import InfluenceError
@@ -85,8 +88,25 @@ class ScoreOptions:
             "the curvature's metric (cosine in the preconditioned space, as TrackStar and RelatIF)."
         },
     )
+    training_set_size: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Sequences the model was trained on: N in the per-copy unit delta_log_p = I/N, the predicted change "
+            "in log p(completion | prompt) from one more copy of a sequence (null: the rows of `data`; a checkpoint "
+            "trained elsewhere: its own count, e.g. Pythia's 143,000 steps x 1,024 sequences)."
+        },
+    )
+    dominant_share: float = field(
+        default=0.25,
+        metadata={
+            "help": "A sequence in the top k of at least this share of the queries (and of 2 or more) is flagged in "
+            "the report as dominating them (an outlier diagnostic, not a finding)."
+        },
+    )
 
     def __post_init__(self):
+        _positive("score.training_set_size", self.training_set_size, allow_none=True)
+        _number("score.dominant_share", self.dominant_share, 0, 1, strict=True)
         for key in ("top_k", "batch_size", "query_memory_mb", "chunk_batches"):
             _positive(f"score.{key}", getattr(self, key))
         _positive("score.max_sequences", self.max_sequences, allow_none=True)
@@ -99,6 +119,24 @@ class ScoreOptions:
         autocast_dtype(self.precision)  # an unknown precision fails, naming the valid ones
         if self.normalize not in ("none", "unit"):
             raise InfluenceError(f"score.normalize={self.normalize!r}: use none or unit")
+
+
+@dataclass
+class CandidateOptions:
+    """Texts scored as hypothetical training sequences beside the training set (`candidates:` in conf/config.yaml)."""
+
+    path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "A .jsonl/.json/.yaml file of {text, name?, any labels} records, or a .txt file (one text per "
+            "blank-line-separated paragraph): each text is scored like a training row it is not (null: none)."
+        },
+    )
+    text_column: str = field(default="text", metadata={"help": "The records' key holding the text."})
+
+    def __post_init__(self):
+        if self.path is not None and not str(self.path).strip():
+            raise InfluenceError("candidates.path is empty: give a file of texts, or null")
 
 
 @dataclass
@@ -163,6 +201,10 @@ def typed(schema: type[T], node, where: str) -> T:
 
 def score_options(cfg: DictConfig) -> ScoreOptions:
     return typed(ScoreOptions, cfg.score, "score")
+
+
+def candidate_options(cfg: DictConfig) -> CandidateOptions:
+    return typed(CandidateOptions, cfg.get("candidates") or {}, "candidates")
 
 
 def scale_options(cfg: DictConfig) -> ScaleOptions:
@@ -231,8 +273,11 @@ def check_data(cfg: DictConfig) -> None:
         _check_mix(d.mix)
     if d.get("text_column") is not None and not isinstance(d.text_column, str):
         raise InfluenceError(f"data.text_column={d.text_column!r}: give a column name, or null to guess it")
-    if d.get("path"):
+    if d.get("name") == "shards":  # a token shard: its index and sizes, model.path and its context (no token read)
+        check_shards(cfg)
+    elif d.get("path"):
         corpus_files(str(d.path))  # a missing path or a folder without corpus files fails now
+        local_options(d)  # the row mode and the label columns' names
 
 
 #: integer keys of a model built here (conf/model) and of its training (`model.train`)
@@ -245,7 +290,7 @@ def check_model(cfg: DictConfig) -> None:
     corrupt or missing one, or a config that is no causal LM): a bad one fails before the corpus is generated."""
     m = cfg.model
     if m.get("path"):  # its config, weight headers and tokenizer files: read in milliseconds, no weights loaded
-        path = str(m.path)
+        path = str(locate(str(m.path), m.get("revision")).path)  # a hub id: its cached (or downloaded) snapshot
         read_config(path), check_weights(path), check_tokenizer_files(path, f"model.path={path}")
         return
     for key in MODEL_INTEGERS:
@@ -281,6 +326,9 @@ def check(cfg: DictConfig) -> None:
     line before any work (the corpus, the training, the fit, the scan)."""
     check_required(cfg)
     score_options(cfg), scale_options(cfg), layer_options(cfg)
+    candidates = candidate_options(cfg)
+    if candidates.path is not None:  # a missing or malformed file fails before any work
+        candidate_records(candidates.path, candidates.text_column)
     if "seed" in cfg:
         _integer("seed", cfg.seed, 0)
     if "model" in cfg and "data" in cfg:

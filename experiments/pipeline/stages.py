@@ -27,7 +27,7 @@ from influence import (
 from influence.batching import sample_indices
 from influence.curvature import get_curvature_class, make_config
 from influence.distributed import broadcast_object, collectively, is_main
-from influence.fingerprint import config_fingerprint
+from influence.fingerprint import config_fingerprint, tensors_fingerprint
 from influence.lowrank import plan_query_rank, query_bytes
 from influence.memory import format_memory_plan, memory_plan
 from influence.precision import with_precision, without_default_precision
@@ -95,6 +95,12 @@ def candidate_rows(cfg: DictConfig, world) -> torch.Tensor:
     return sample_indices(world.train.input_ids.shape[0], score_options(cfg).max_sequences, int(cfg.seed))
 
 
+def training_set_size(cfg: DictConfig, world) -> int:
+    """N, the sequences the model was trained on, of the per-copy unit delta_log_p = I/N: `score.training_set_size`,
+    or the rows of the world's training data."""
+    return score_options(cfg).training_set_size or len(world.train.texts)
+
+
 def tfidf_filter(cfg: DictConfig) -> BM25Filter:
     """The TF-IDF filter: filter=tfidf's, or one with its defaults when another filter is selected."""
     filt = make_filter(cfg)
@@ -143,7 +149,7 @@ def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
             {
                 "curvature": without_default_precision(curvature.describe()),
                 "queries": [(q.name, q.prompt, q.completion) for q in queries],
-                "rows": indices.tolist(),
+                "rows": indices.tolist() if len(indices) <= 100_000 else tensors_fingerprint({"rows": indices}),
                 "rank": rank,
                 "batch": opts.batch_size,
                 "chunk": opts.chunk_batches,
@@ -194,21 +200,29 @@ def scan_stage(cfg: DictConfig, world, curvature, queries=None, indices=None):
     return result
 
 
-def _cached_breakdown(path: Path, rows: torch.Tensor) -> list[TopBreakdown] | None:
+#: the per-row diagnostics a cached breakdown must hold (older files lack them and are recomputed)
+DIAGNOSTICS = ("loss_per_token", "candidate_norm", "query_norm")
+
+
+def _cached_breakdown(path: Path, rows: torch.Tensor, normalize: str) -> list[TopBreakdown] | None:
     """The breakdown saved at `path` for these top rows, or None when it is another's or fails its checksum."""
     try:
         t, _ = load_tensors(path, require_checksum=True, fix="it is recomputed")
     except CorruptFileError as e:
         log.warning("%s", e)
         return None
-    if not torch.equal(t["rows"], rows):
-        return None
+    if not torch.equal(t["rows"], rows) or any(k not in t for k in DIAGNOSTICS):
+        return None  # another top k, or a breakdown written before the outlier diagnostics: computed again
     return [
         TopBreakdown(
             rows=rows[q],
             scores=t["layer_scores"][q].sum(-1),
             layer_scores=t["layer_scores"][q],
             token_scores=t["token_scores"][q],
+            loss_per_token=t["loss_per_token"][q],
+            candidate_norm=t["candidate_norm"][q],
+            query_norm=t["query_norm"][q],
+            normalize=normalize,
         )
         for q in range(rows.shape[0])
     ]
@@ -223,10 +237,11 @@ def breakdown_stage(cfg: DictConfig, world, curvature, result, k: int, queries=N
         if "scan_dir" in result.metadata
         else None
     )
-    cached = _cached_breakdown(path, rows) if path is not None and broadcast_object(path.exists()) else None
+    opts = score_options(cfg)
+    exists = path is not None and broadcast_object(path.exists())
+    cached = _cached_breakdown(path, rows, opts.normalize) if exists else None
     if cached is not None:  # rank 0's view of the file: all ranks load, or all compute
         return cached
-    opts = score_options(cfg)
     tops = top_k_breakdown(
         world.model,
         score_task(cfg),
@@ -246,6 +261,7 @@ def breakdown_stage(cfg: DictConfig, world, curvature, result, k: int, queries=N
                     "rows": rows,
                     "layer_scores": torch.stack([t.layer_scores for t in tops]),
                     "token_scores": torch.stack([t.token_scores for t in tops]),
+                    **{d: torch.stack([getattr(t, d) for t in tops]) for d in DIAGNOSTICS},
                 },
                 {"k": str(k)},
             )

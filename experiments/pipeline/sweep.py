@@ -1,6 +1,8 @@
 """Worlds across model sizes and training seeds, for the studies that compare scales (Figs. 1, 10–16, 23–29).
 
-`scale.sizes` names model configs (`conf/model/<size>.yaml`, smallest first) or local checkpoint directories;
+`scale.sizes` names model configs (`conf/model/<size>.yaml`, smallest first), local checkpoint directories or
+Hugging Face hub ids (`EleutherAI/pythia-70m`, at the run's `model.revision`, or `EleutherAI/pythia-70m@step143000`
+for a revision of its own; resolved to the cached snapshot by `embedded.hub`, downloaded when missing and online);
 `scale.seeds` the training seeds of the embedded models. Each (size, seed) world is built (trained when
 missing), searched (fit, scan of every query, top-k breakdowns, all cached on disk) and released before the
 next, so memory holds one model at a time. The seeds give every scale trend its spread.
@@ -15,7 +17,8 @@ as `python -m experiments.run model=<size> <the same overrides>` would compose i
 how `cfg` was composed (under `python -m experiments.run`, in a paper section, or by the compose API in a test):
 the run's option is the one whose `name` is `cfg.model.name` (names are unique across conf/model, which
 tests/experiments/test_sweep.py checks). A size that is a checkpoint directory is the run's model block with
-`name` and `path` set to it.
+`name` and `path` set to it (and no revision); a hub id, the run's model block with `path` the id, `revision` its
+own or the run's, and `name` a directory-safe `org--name[-revision]`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from embedded.hub import is_hub_id, locate, safe_name, split_revision
 from embedded.models import non_embedding_params
 from embedded.world import build_world_ranked
 from influence import InfluenceError
@@ -115,7 +119,8 @@ def _changes(run: dict, group: dict) -> tuple[dict, list[tuple[str, ...]]]:
 
 def model_config(size: str, cfg: DictConfig) -> DictConfig:
     """The model block of the sweep point `size`: its option composed, with the run's own model changes on top
-    (see the module docstring), or the run's model block pointed at a local checkpoint directory."""
+    (see the module docstring), or the run's model block pointed at a local checkpoint directory or a hub id
+    (`org/name` or `org/name@revision`; not resolved here: `check_hub_sizes` does)."""
     size = str(size)
     if size in model_options():
         changed, removed = _changes(OmegaConf.to_container(cfg.model, resolve=False), group_model(own_option(cfg)))
@@ -126,11 +131,31 @@ def model_config(size: str, cfg: DictConfig) -> DictConfig:
                 del parent[path[-1]]
         return block
     if (Path(size).expanduser() / "config.json").exists():
-        return OmegaConf.merge(cfg.model, {"name": Path(size).name, "path": size})
+        return _pointed(cfg, Path(size).name, size, None)
+    repo_id, revision = split_revision(size)
+    if is_hub_id(repo_id):
+        revision = revision or cfg.model.get("revision")
+        return _pointed(cfg, safe_name(repo_id, revision), repo_id, revision)
     raise InfluenceError(
         f"scale.sizes has {size!r}, which is neither a model config ({', '.join(model_options())}) "
-        "nor a local checkpoint directory with a config.json"
+        "nor a local checkpoint directory with a config.json nor a hub id (org/name, or org/name@revision)"
     )
+
+
+def _pointed(cfg: DictConfig, name: str, path: str, revision) -> DictConfig:
+    """The run's model block pointed at a checkpoint: a local directory (no revision) or a hub id at `revision`."""
+    block = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=False))
+    return OmegaConf.merge(block, {"name": name, "path": path, "revision": revision})
+
+
+def check_hub_sizes(cfg: DictConfig) -> None:
+    """Resolve every hub id of `scale.sizes` to its cached snapshot (downloading it when missing and online), so an
+    uncached one fails offline in one line before the run's world is built; the run calls it before any work."""
+    for size in (str(s) for s in scale_options(cfg).sizes):
+        if size not in model_options() and is_hub_id(split_revision(size)[0]):
+            m = model_config(size, cfg)
+            at = f" at model.revision={m.revision}" if m.revision and "@" not in size else ""
+            locate(str(m.path), m.revision, where=f"scale.sizes entry {size}{at}")
 
 
 def sizes_and_seeds(cfg: DictConfig) -> tuple[list[str], list[int]]:
@@ -154,6 +179,7 @@ def scale_points(cfg: DictConfig, breakdown_k: int | None = None, search: bool =
     sizes, seeds = sizes_and_seeds(cfg)
     for size in sizes:
         model_config(size, cfg)  # a bad size fails before the first model is trained
+    check_hub_sizes(cfg)  # and so does a hub id neither cached nor downloadable
     for order, size in enumerate(sizes):
         for seed in seeds:
             sub = point_config(cfg, size, seed)

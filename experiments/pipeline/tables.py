@@ -28,10 +28,30 @@ def ranked(tops, queries, train):
             yield q, t, rank, j, seq, train.meta.iloc[seq]
 
 
-def top_k_table(tops, queries, train) -> pd.DataFrame:
-    """One row per (query, rank), ranked by the full-rank score of the scan's top k."""
+def top_k_counts(tops) -> dict[int, int]:
+    """{training row: how many queries hold it in their top k}: a sequence in many queries' lists is an outlier to
+    look at (a high-loss or high-gradient-norm document fills unnormalized top lists), not k findings."""
+    counts: dict[int, int] = {}
+    for t in tops:
+        for r in set(t.rows.tolist()):
+            counts[int(r)] = counts.get(int(r), 0) + 1
+    return counts
+
+
+def meta_labels(meta) -> dict:
+    """A sequence's metadata columns other than its id (category, language, the corpus's or the user's labels)."""
+    return {k: v for k, v in meta.items() if k not in ("id", "text")}
+
+
+def top_k_table(tops, queries, train, training_set_size: int | None = None) -> pd.DataFrame:
+    """One row per (query, rank), ranked by the full-rank score of the scan's top k, with the outlier diagnostics
+    (cosine, loss per token, self-influence, how many queries' top k hold the row), the per-copy unit
+    delta_log_p = score / N (N: `training_set_size`, default the training rows) and the row's metadata labels."""
+    n = training_set_size or len(train.texts)
+    counts = top_k_counts(tops)
     rows = []
     for q, t, rank, j, seq, meta in ranked(tops, queries, train):
+        labels = meta_labels(meta)
         rows.append(
             {
                 "query": q.name,
@@ -40,10 +60,16 @@ def top_k_table(tops, queries, train) -> pd.DataFrame:
                 "sequence_id": int(meta.get("id", seq)),
                 "row": seq,
                 "score": float(t.scores[j]),
-                "category": meta.get("category", ""),
+                "category": labels.pop("category", ""),
                 "spurious": bool(t.spurious[j]),
                 "sparsity_ratio": float(t.sparsity_ratio[j]),
+                "delta_log_p": float(t.raw_scores[j]) / n,
+                "cosine": float(t.cosine[j]),
+                "loss_per_token": float(t.loss_per_token[j]) if t.loss_per_token is not None else float("nan"),
+                "self_influence": float(t.self_influence[j]),
+                "top_k_queries": counts[seq],
                 **{f"layer_{i}": float(v) for i, v in enumerate(t.layer_scores[j])},
+                **{k: v for k, v in labels.items() if k not in ("row", "score", "rank", "query", "type")},
                 "text": train.texts[seq],
             }
         )

@@ -6,6 +6,13 @@ then the scan's scores of those same sequences for each translated query. The he
 translated influence summed over the sequences, divided by the English influence summed over them. Its trend
 over size takes, per sweep point, the MEDIAN of those ratios over queries and languages: a query whose English
 top-k sum is near zero gives ratios of ±1000s (measured on the embedded default) that a mean would follow.
+
+Beside it, `per_answer_token` splits the influence of those same top sequences over the answer tokens of the
+English query and of each translation (I = Σ_t I_t, full-rank re-scores of just those rows,
+`compute_scores(..., per_answer_token=True)`): `cross_lingual_answer_tokens` (one row per answer token) and
+`cross_lingual_answer_token_shares` (per query and language, the share on the first answer token and on the later
+ones). A name is spelled alike in every language, so cross-lingual influence that sits on a name's later tokens
+needs no translation at all.
 """
 
 from __future__ import annotations
@@ -16,12 +23,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from analysis.answer_tokens import first_token_shares, median_share, share_figures, token_rows
 from analysis.figures import figure
 from analysis.scale import cross_lingual_heatmap, cross_lingual_trend
 from analysis.scorecard import Finding, size_trend
 from analysis.trends import trend
-from influence import InfluenceError
+from influence import InfluenceError, compute_scores
 
+from ..pipeline.options import score_options
+from ..pipeline.stages import encode_stage, score_task, training_data
 from ..pipeline.sweep import scale_points
 from ._sweep import point_metadata, scale_queries, sweep_metadata, text
 from .registry import Study, option
@@ -32,6 +42,9 @@ class Options:
     top_k: int = option(10, "English top sequences per English query and model (the paper: 10)")
     queries: list[str] | None = option(
         None, "null: English queries tagged `cross_lingual` that have translations in the run; or a list of names"
+    )
+    per_answer_token: bool = option(
+        True, "also split the top sequences' influence over each query's answer tokens (cross_lingual_answer_token*)"
     )
 
     def __post_init__(self):
@@ -167,6 +180,74 @@ def heatmap_table(keys: list[dict], scores: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def answer_token_rows(cfg, point, queries, trans, k: int) -> list[dict]:
+    """Each English query's top-k English sequences (as `point_rows` chooses them) re-scored at full rank for the
+    query and its translations, split over each one's answer tokens: one row per (sequence, scored query, token).
+    One English query at a time, so only its own and its translations' answer-token gradients are held."""
+    res, world = point.search.result, point.world
+    pos, english = {n: i for i, n in enumerate(res.query_names)}, english_rows(world.train.meta)
+    rows = []
+    for q in queries:
+        top = res.indices[top_english(res.scores[pos[q.name]], res.indices, english, k)]
+        scored = [q, *trans[q.name]]
+        out = token_scores(cfg, world, point.search.curvature, scored, top)
+        col = {int(r): j for j, r in enumerate(out.indices)}
+        ids = [t[m].tolist() for t, m in zip(out.answer_tokens.token_ids, out.answer_tokens.mask)]
+        for rank, row in enumerate(top.tolist(), start=1):
+            for i, x in enumerate(scored):
+                base = {
+                    **point.key,
+                    "query": q.name,
+                    "query_language": "en" if i == 0 else str(x.tags.get("language", x.name)),
+                    "scored_query": x.name,
+                    "rank": rank,
+                    "row": row,
+                    "sequence_id": int(world.train.meta.iloc[row].get("id", row)),
+                }
+                scores = out.answer_token_scores[i, col[row], : len(ids[i])].tolist()
+                rows += token_rows(base, scores, [world.tokenizer.decode([t]) for t in ids[i]], ids[i])
+    return rows
+
+
+def token_scores(cfg, world, curvature, queries, rows: torch.Tensor):
+    """`compute_scores` of `queries` on the training `rows`, at full rank, with their answer-token split; the
+    scan's task, batch size, device and normalization."""
+    opts = score_options(cfg)
+    return compute_scores(
+        world.model,
+        score_task(cfg),
+        curvature,
+        encode_stage(world, queries),
+        training_data(world),
+        batch_size=opts.batch_size,
+        indices=rows,
+        device=opts.device,
+        normalize=opts.normalize,
+        per_answer_token=True,
+    )
+
+
+def answer_token_shares(tokens: pd.DataFrame) -> pd.DataFrame:
+    """Per sweep point, English query and scored query (itself or a translation): the share of the top sequences'
+    summed influence on the first answer token and on the later ones; English first in the figure."""
+    shares = first_token_shares(
+        tokens, ["size", "size_order", "seed", "params", "query", "query_language", "scored_query"]
+    )
+    shares["category"] = [f"{lang}: {name}" for lang, name in zip(shares["query_language"], shares["scored_query"])]
+    shares["category_order"] = (shares["query_language"] != "en").astype(int)
+    return shares
+
+
+def answer_token_summary(shares: pd.DataFrame) -> dict:
+    """The later answer tokens' share of the top sequences' influence, for the English queries and for their
+    translations: medians over queries (and languages) with multi-token answers, and seeds, at the largest size."""
+    en = shares["query_language"] == "en"
+    return {
+        "answer_later_tokens_share_english": median_share(shares[en]),
+        "answer_later_tokens_share_translated": median_share(shares[~en]),
+    }
+
+
 def summary(ratio: pd.DataFrame) -> dict:
     """The trend of the per-point median ratio (over queries and languages): see the module docstring."""
     medians = ratio.groupby(["size", "size_order", "seed"], as_index=False)["ratio"].median()
@@ -177,20 +258,29 @@ def run(cfg, world, opts: Options) -> dict[str, pd.DataFrame]:
     k = opts.top_k
     queries = english_queries(world, opts.queries)
     trans = translations_of(world)
-    seqs, ratios, keys, scores, metas = [], [], [], [], []
+    seqs, ratios, keys, scores, metas, tokens = [], [], [], [], [], []
     for point in scale_points(cfg):
         s, r, sc = point_rows(point, queries, trans, k)
+        if opts.per_answer_token:
+            tokens += answer_token_rows(cfg, point, queries, trans, k)
         seqs += s
         ratios += r
         keys.append(point.key)
         scores.append(sc)
         metas.append(point_metadata(point))
     ratio = pd.DataFrame(ratios)
-    return {
+    out = {
         "cross_lingual_sequences": pd.DataFrame(seqs),
         "cross_lingual_ratio": ratio,
         "cross_lingual_heatmap": heatmap_table(keys, scores),
-        "_summary": pd.DataFrame([summary(ratio)]),
+    }
+    line = summary(ratio)
+    if opts.per_answer_token:
+        out["cross_lingual_answer_tokens"] = pd.DataFrame(tokens)
+        out["cross_lingual_answer_token_shares"] = shares = answer_token_shares(out["cross_lingual_answer_tokens"])
+        line |= answer_token_summary(shares)
+    return out | {
+        "_summary": pd.DataFrame([line]),
         "_metadata": sweep_metadata(
             cfg,
             metas,
@@ -213,6 +303,7 @@ STUDY = Study(
     figures=(
         figure("fig16_cross_lingual_ratio", cross_lingual_trend, "cross_lingual_ratio"),
         figure("fig15_cross_lingual", cross_lingual_heatmap, "cross_lingual_heatmap"),
+        figure("cross_lingual_answer_tokens", share_figures, "cross_lingual_answer_token_shares"),
     ),
     findings=(
         Finding(
@@ -222,4 +313,5 @@ STUDY = Study(
             size_trend("cross_lingual_smallest", "cross_lingual_largest", "cross_lingual_vs_size_spearman", +1),
         ),
     ),
+    long_tables=frozenset({"cross_lingual_answer_tokens"}),
 )

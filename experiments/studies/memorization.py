@@ -11,7 +11,7 @@ from analysis.memorization import find_passage, memorization_figure, memorizatio
 from analysis.scorecard import Finding, passages_found
 from influence import InfluenceError
 
-from ..pipeline.stages import metadata, search_stage, select_queries
+from ..pipeline.stages import metadata, search_stage, select_queries, training_set_size
 from ..pipeline.tables import top_k_table, top_tokens_table
 from .registry import Study, option
 
@@ -39,7 +39,7 @@ def run(cfg, world, opts: Options) -> dict[str, pd.DataFrame]:
     pos = {q.name: i for i, q in enumerate(world.queries)}
     tops = [search.tops[pos[q.name]] for q in queries]
     passages = {q.name: q.prompt + q.completion for q in queries}
-    top = top_k_table(tops, queries, world.train)
+    top = top_k_table(tops, queries, world.train, training_set_size(cfg, world))
     table = memorization_table(top, passages)
     copies = {q: sum(find_passage(p, t) >= 0 for t in world.train.texts) for q, p in passages.items()}
     summary = memorization_summary(table, copies)

@@ -12,6 +12,12 @@ Orientation: partitions are named from the fact's side (`rewording` = subject fi
 For a forward query (no `flipped_of` tag) the same-order sequences are the rewordings; for a `_flipped` query
 they are the flipped wordings and its "flipped" sequences are the forward rewordings. `order_vs_query` in the
 scores table says which (see `analysis.word_order.same_and_flipped`).
+
+Beside the full-completion scores, `per_answer_token` splits each score over the query's answer tokens
+(I = Σ_t I_t, `compute_scores(..., per_answer_token=True)`, from the same pass): `word_order_answer_tokens` (one row
+per answer token) and `word_order_answer_token_shares` (each partition's share on the first answer token and on the
+later ones). A multi-token name's later tokens are its spelling, taught by any sentence containing it in either
+order; the first token is where the relation picks the name.
 """
 
 from __future__ import annotations
@@ -21,19 +27,27 @@ import random
 from dataclasses import dataclass
 
 import pandas as pd
-from omegaconf import DictConfig
 
+from analysis.answer_tokens import share_figures, token_rows
 from analysis.figures import figure
 from analysis.scorecard import Finding, key_check
-from analysis.word_order import partition_figures, partition_table, ratio_figure, ratio_table, word_order_summary
+from analysis.word_order import (
+    answer_token_shares,
+    answer_token_summary,
+    partition_figures,
+    partition_table,
+    ratio_figure,
+    ratio_table,
+    word_order_summary,
+)
 from embedded.corpus.facts import Fact, word_order_partitions
 from embedded.corpus.languages import FACT_TEMPLATES, FLIPPED_FACT_TEMPLATES
 from embedded.prepare import prepare_data
-from embedded.sequences import document_rows, encode, pad
-from influence import InfluenceError, LanguageModelTask, compute_scores
+from influence import InfluenceError
 from influence.scoring import SCALE_CONVENTION
 
-from ..pipeline.stages import encode_stage, fit_stage, select_queries
+from ..pipeline.hypothetical import hypothetical_scores
+from ..pipeline.stages import fit_stage, select_queries
 from ..pipeline.sweep import scale_points
 from .registry import Study, option
 
@@ -123,51 +137,42 @@ def synthetic_sequences(facts: list[Fact], irrelevant: list[str]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def training_rows(tokenizer, texts: list[str], seq_len: int) -> dict:
-    """The texts as training rows are built (no special tokens, EOS appended, cut to seq_len), right-padded."""
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
-    rows, _ = document_rows(encode(tokenizer, texts), eos, seq_len)
-    ids, mask = pad(rows, tokenizer.pad_token_id)
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def hypothetical_scores(cfg: DictConfig, world, curvature, queries, texts: list[str]):
-    """(queries, texts) influence of each text as if it were added to the training set (full-rank queries)."""
-    data = training_rows(world.tokenizer, texts, int(cfg.data.seq_len))
-    return compute_scores(
-        world.model,
-        LanguageModelTask(),
-        curvature,
-        encode_stage(world, queries),
-        data,
-        batch_size=int(cfg.score.batch_size),
-        device=cfg.score.device,
-    ).scores
-
-
-def point_rows(key: dict, selected: list[tuple], seqs: pd.DataFrame, scores) -> list[dict]:
-    """Long-format rows of one scale point: each query with its own fact's sequences and the irrelevant text."""
-    rows = []
+def _pairs(key: dict, selected: list[tuple], seqs: pd.DataFrame):
+    """(query index, sequence index, the table row without its score): each query with its own fact's sequences
+    and the irrelevant text."""
     for i, (q, fact, order) in enumerate(selected):
         for j, s in seqs.iterrows():
             if s["fact_id"] not in ("", fact.fact_id):
                 continue
             seq_order = SEQUENCE_ORDER[s["partition"]]
-            rows.append(
-                {
-                    **key,
-                    "query": q.name,
-                    "query_order": order,
-                    "fact_id": fact.fact_id,
-                    "relation": fact.relation,
-                    "partition": s["partition"],
-                    "language": s["language"],
-                    "order_vs_query": "none" if seq_order == "none" else ("same" if seq_order == order else "flipped"),
-                    "text": s["text"],
-                    "score": float(scores[i, j]),
-                }
-            )
-    return rows
+            row = {
+                **key,
+                "query": q.name,
+                "query_order": order,
+                "fact_id": fact.fact_id,
+                "relation": fact.relation,
+                "partition": s["partition"],
+                "language": s["language"],
+                "order_vs_query": "none" if seq_order == "none" else ("same" if seq_order == order else "flipped"),
+                "text": s["text"],
+            }
+            yield i, j, row
+
+
+def point_rows(key: dict, selected: list[tuple], seqs: pd.DataFrame, scores) -> list[dict]:
+    """Long-format rows of one scale point: each query with its own fact's sequences and the irrelevant text."""
+    return [{**row, "score": float(scores[i, j])} for i, j, row in _pairs(key, selected, seqs)]
+
+
+def answer_token_rows(key: dict, selected: list[tuple], seqs: pd.DataFrame, result, tokenizer) -> list[dict]:
+    """`point_rows` split over each query's answer tokens (one row per token: position, text, I_t, share)."""
+    ids = [q[m].tolist() for q, m in zip(result.answer_tokens.token_ids, result.answer_tokens.mask)]
+    texts = [[tokenizer.decode([t]) for t in q] for q in ids]
+    return [
+        r
+        for i, j, row in _pairs(key, selected, seqs)
+        for r in token_rows(row, result.answer_token_scores[i, j, : len(ids[i])].tolist(), texts[i], ids[i])
+    ]
 
 
 @dataclass
@@ -178,6 +183,9 @@ class Options:
     )
     irrelevant: int = option(5, "irrelevant sentences (validation-split prose), the same for every query")
     irrelevant_seed: int = option(0, "which ones: a fixed seed, never tuned")
+    per_answer_token: bool = option(
+        True, "also split each score over the query's answer tokens (tables word_order_answer_token*, one figure)"
+    )
 
     def __post_init__(self):
         if self.irrelevant < 0:
@@ -194,11 +202,15 @@ def run(cfg, world, opts: Options) -> dict[str, pd.DataFrame]:
     avoid = {w for f in prep.heldout for w in (f.subject, f.object)}
     irrelevant = irrelevant_sentences(prep.corpus_dir, opts.irrelevant, opts.irrelevant_seed, avoid)
     seqs = synthetic_sequences(facts, irrelevant)
-    rows, models, damping, curvature = [], [], [], None
+    rows, tokens, models, damping, curvature = [], [], [], [], None
     for point in scale_points(cfg, search=False):  # only the curvature is needed: no scan of the corpus
         curvature = fit_stage(point.cfg, point.world)
-        scores = hypothetical_scores(cfg, point.world, curvature, queries, seqs["text"].tolist())
-        rows += point_rows(point.key, selected, seqs, scores)
+        res = hypothetical_scores(
+            cfg, point.world, curvature, queries, seqs["text"].tolist(), per_answer_token=opts.per_answer_token
+        )
+        rows += point_rows(point.key, selected, seqs, res.scores)
+        if opts.per_answer_token:
+            tokens += answer_token_rows(point.key, selected, seqs, res, point.world.tokenizer)
         models.append(point.world.name)
         damping.append(f"{point.world.name}: {curvature.describe()['damping']}")
     scores = pd.DataFrame(rows)
@@ -227,11 +239,18 @@ def run(cfg, world, opts: Options) -> dict[str, pd.DataFrame]:
         "irrelevant_seed": str(opts.irrelevant_seed),
         "seq_len": str(int(cfg.data.seq_len)),
     }
-    return {
+    out = {
         "word_order_scores": scores,
         "word_order_partitions": partition_table(scores),
         "word_order_ratios": ratios,
-        "_summary": pd.DataFrame([word_order_summary(ratios) | {"notes": notes}]),
+    }
+    summary = word_order_summary(ratios)
+    if opts.per_answer_token:
+        out["word_order_answer_tokens"] = pd.DataFrame(tokens)
+        out["word_order_answer_token_shares"] = shares = answer_token_shares(out["word_order_answer_tokens"])
+        summary |= answer_token_summary(shares)
+    return out | {
+        "_summary": pd.DataFrame([summary | {"notes": notes}]),
         "_metadata": pd.DataFrame([meta]),
     }
 
@@ -247,6 +266,7 @@ STUDY = Study(
     figures=(
         figure("fig23_26_word_order", partition_figures, "word_order_partitions"),
         figure("fig27_word_order_ratio", ratio_figure, "word_order_ratios"),
+        figure("word_order_answer_tokens", share_figures, "word_order_answer_token_shares"),
     ),
     findings=(
         Finding(
@@ -268,5 +288,5 @@ STUDY = Study(
             key_check("cross_lingual_flipped_over_same_order", lambda v: v <= 0.1),
         ),
     ),
-    long_tables=frozenset({"word_order_scores"}),
+    long_tables=frozenset({"word_order_scores", "word_order_answer_tokens"}),
 )

@@ -9,7 +9,14 @@ from omegaconf import OmegaConf
 
 from embedded.models import build_model
 from experiments.pipeline.candidates import BM25Filter, NoFilter, make_filter
-from experiments.pipeline.options import LayerOptions, ScaleOptions, ScoreOptions, check, score_options
+from experiments.pipeline.options import (
+    CandidateOptions,
+    LayerOptions,
+    ScaleOptions,
+    ScoreOptions,
+    check,
+    score_options,
+)
 from experiments.pipeline.stages import fit_options
 from experiments.tracking import NoTracker, WandbTracker, make_tracker
 from influence import InfluenceError
@@ -43,7 +50,9 @@ def test_the_lissa_yaml_documents_the_step_the_code_takes():
     assert "margin / (max_b lambda_max(G_b) + max_l lambda_l)" in text and "margin: 0.5" in text
 
 
-@pytest.mark.parametrize("block,schema", [("score", ScoreOptions), ("scale", ScaleOptions)])
+@pytest.mark.parametrize(
+    "block,schema", [("score", ScoreOptions), ("scale", ScaleOptions), ("candidates", CandidateOptions)]
+)
 def test_the_root_config_blocks_are_their_schemas_defaults(block, schema):
     assert OmegaConf.to_container(OmegaConf.load(Path(CONF) / "config.yaml")[block]) == _defaults(schema)
 

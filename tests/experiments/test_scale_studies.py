@@ -277,6 +277,48 @@ def test_cross_lingual_ratio_is_the_ratio_of_the_scans_sums(runs, scans):
     assert own.to_dict() == pytest.approx(ratio.set_index(POINT + ["query", "language"])["ratio"].to_dict())
 
 
+def test_cross_lingual_answer_tokens_split_the_top_sequences_influence_over_each_querys_answer(runs, scale_world):
+    t = runs["cross_lingual"]
+    seqs, tok = t["cross_lingual_sequences"], t["cross_lingual_answer_tokens"]
+    _check_long_format(tok, "query_language", "scored_query", "answer_position", "answer_token", "score", "share")
+    queries = {q.name: q for q in scale_world.queries}
+    tokenizer = scale_world.tokenizer
+    seq = ["size", "seed", "query", "scored_query", "rank"]
+    for key, g in tok.groupby(seq):
+        size, seed, query, scored, rank = key
+        ids = tokenizer(queries[scored].completion, add_special_tokens=False)["input_ids"]
+        assert g["answer_position"].tolist() == list(range(len(ids)))
+        assert (
+            g["answer_token"].tolist() == [tokenizer.decode([i]) for i in ids] and g["answer_token_id"].tolist() == ids
+        )
+        total = g["sequence_score"].iloc[0]
+        assert g["score"].sum() == pytest.approx(total, rel=1e-9, abs=1e-9)
+        # the same sequence as the study's top list, and its full-rank sum is the scan's score of it
+        listed = seqs[
+            (seqs["size"] == size) & (seqs["seed"] == seed) & (seqs["query"] == query) & (seqs["rank"] == rank)
+        ]
+        assert set(listed["row"]) == {g["row"].iloc[0]}
+        if scored == query:
+            want = listed["english_score"].iloc[0]
+        else:
+            want = listed.loc[listed["translated_query"] == scored, "translated_score"].iloc[0]
+        assert total == pytest.approx(want, rel=1e-4, abs=1e-5 * seqs["english_score"].abs().max())
+    pairs = set(zip(tok["query"], tok["scored_query"]))
+    assert ("fact_velmora_capital", "fact_velmora_capital_ko") in pairs and ("water", "water") in pairs
+    shares = t["cross_lingual_answer_token_shares"]
+    assert (shares["first_token_share"] + shares["later_tokens_share"]).to_numpy() == pytest.approx(1.0)
+    for r in shares.itertuples():
+        g = tok[(tok["size"] == r.size) & (tok["seed"] == r.seed) & (tok["scored_query"] == r.scored_query)]
+        g = g[g["query"] == r.query]
+        assert r.first_token_sum == pytest.approx(g.loc[g["answer_position"] == 0, "score"].sum(), rel=1e-9, abs=1e-9)
+        assert r.sequences == g["rank"].nunique() == 10
+    s = t["_summary"].iloc[0]
+    largest = shares[(shares["size_order"] == 1) & (shares["answer_tokens"] > 1)]
+    en = largest["query_language"] == "en"
+    assert s["answer_later_tokens_share_english"] == pytest.approx(largest[en]["later_tokens_share"].median())
+    assert s["answer_later_tokens_share_translated"] == pytest.approx(largest[~en]["later_tokens_share"].median())
+
+
 def test_role_play_shares_and_summary(runs):
     t = runs["role_play"]
     top, points = t["role_play_top"], t["role_play_points"]
@@ -305,7 +347,7 @@ def test_metadata_names_the_sweep_and_figures_are_drawn(runs, study, tmp_path):
     want = {
         "abstraction": {"fig10", "fig11"},
         "math_code": {"fig13", "fig14"},
-        "cross_lingual": {"fig15", "fig16"},
+        "cross_lingual": {"fig15", "fig16", "cross"},  # cross_lingual_answer_tokens_<query>: the per-token view
         "role_play": {"fig28", "fig29"},
     }[study]
     assert stems == want

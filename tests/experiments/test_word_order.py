@@ -206,3 +206,95 @@ def test_bad_queries_fail_with_one_line_naming_what_to_fix(scale_cfg, names, mes
     with pytest.raises(InfluenceError, match=message) as e:
         get_study("word_order")(cfg, world)
     assert "\n" not in str(e.value) and "word_order" in str(e.value)
+
+
+# ------------------------------------------------------------------------------- the per-answer-token view
+def test_answer_token_rows_split_each_score_over_the_querys_answer_tokens(wo, tmp_path):
+    from analysis.figures import draw_figures
+    from embedded.world import build_world
+
+    cfg, tables = wo
+    s, t = tables["word_order_scores"], tables["word_order_answer_tokens"]
+    tok = build_world(cfg).tokenizer
+    queries = {q.name: q for q in build_world(cfg).queries}
+    seq_keys = ["size", "seed", "query", "partition", "language", "text"]
+    assert len(t.groupby(seq_keys)) == len(s)  # every (query, sequence) of the full-completion table, split
+    for key, g in t.groupby(seq_keys):
+        ids = tok(queries[key[2]].completion, add_special_tokens=False)["input_ids"]
+        assert g["answer_position"].tolist() == list(range(len(ids))) and (g["answer_tokens"] == len(ids)).all()
+        assert g["answer_token"].tolist() == [tok.decode([i]) for i in ids] and g["answer_token_id"].tolist() == ids
+        assert g["score"].sum() == pytest.approx(g["sequence_score"].iloc[0], rel=1e-9, abs=1e-12)
+        full = s[(s[seq_keys] == pd.Series(key, index=seq_keys)).all(1)]["score"]
+        assert len(full) == 1
+        assert g["sequence_score"].iloc[0] == pytest.approx(
+            float(full.iloc[0]), rel=1e-4, abs=1e-6 * s["score"].abs().max()
+        )
+        assert g["share"].to_numpy() == pytest.approx((g["score"] / g["sequence_score"]).to_numpy())
+    assert t.groupby("query")["answer_tokens"].first().max() > 1  # a multi-token answer is among the queries
+
+    shares = tables["word_order_answer_token_shares"]
+    assert (shares["first_token_share"] + shares["later_tokens_share"]).to_numpy() == pytest.approx(1.0)
+    keys = ["size", "seed", "query", "partition", "language"]
+    for _, r in shares.sample(12, random_state=0).iterrows():
+        g = t[(t[keys] == r[keys].values).all(1)]
+        assert r["first_token_sum"] == pytest.approx(g.loc[g["answer_position"] == 0, "score"].sum(), rel=1e-9)
+        assert r["sequence_sum"] == pytest.approx(g["score"].sum(), rel=1e-9, abs=1e-12)
+        assert r["sequences"] == (g["answer_position"] == 0).sum()
+    summary = tables["_summary"].iloc[0]
+    multi = shares[
+        (shares["size"] == "tiny_large")
+        & (shares["query_order"] == "forward")
+        & (shares["language"] == "en")
+        & (shares["answer_tokens"] > 1)
+    ]
+    for name, part in (("same_order", "rewording"), ("flipped", "flipped")):
+        want = multi.loc[multi["partition"] == part, "later_tokens_share"].median()
+        assert summary[f"answer_later_tokens_share_{name}"] == pytest.approx(want, nan_ok=True)
+    assert summary["answer_multi_token_queries"] == multi["query"].nunique()
+    stems = {p.name for p in draw_figures(get_study("word_order").figures, tables, tmp_path)}
+    assert {f"word_order_answer_tokens_{q}.png" for q in WO_QUERIES} <= stems
+
+
+def test_a_token_score_is_minus_the_preconditioned_token_log_prob_gradient_dot_the_training_gradient(wo):
+    """Independent of the library's capture path: autograd of log p(x_t | prompt, x_<t) for the answer's 2nd token."""
+    from embedded.world import build_world
+    from experiments.pipeline.stages import fit_stage
+    from experiments.pipeline.sweep import point_config
+
+    cfg, tables = wo
+    sub = point_config(cfg, "tiny", 0)
+    world = build_world(sub)
+    curvature = fit_stage(sub, world)
+    model, tok = world.model, world.tokenizer
+    q = next(q for q in world.queries if q.name == "wo_astrobia_president")
+    p_ids, c_ids = (
+        tok(q.prompt, add_special_tokens=False)["input_ids"],
+        tok(q.completion, add_special_tokens=False)["input_ids"],
+    )
+    assert len(c_ids) > 1
+    t = tables["word_order_answer_tokens"]
+    row = t[(t["size"] == "tiny") & (t["seed"] == 0) & (t["query"] == q.name) & (t["partition"] == "rewording")]
+    row = row[row["text"] == row["text"].iloc[0]].set_index("answer_position")
+    ids = torch.tensor([p_ids + c_ids])
+    logp = torch.log_softmax(model(input_ids=ids).logits[0], -1)[len(p_ids), c_ids[1]]
+    pre = curvature.ihvp({k: v.unsqueeze(0) for k, v in _layer_grads(curvature.layers, logp).items()})
+    t_ids = torch.tensor([tok(row["text"].iloc[0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
+    loss = F.cross_entropy(model(input_ids=t_ids).logits[0, :-1], t_ids[0, 1:], reduction="sum")
+    g = _layer_grads(curvature.layers, loss)
+    expected = -sum(float((pre[n][0].double() * g[n].double()).sum()) for n in g)
+    assert row.loc[1, "score"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_without_the_per_token_view_the_other_tables_are_the_same(scale_cfg, wo):
+    from embedded.world import build_world
+
+    _, tables = wo
+    cfg = word_order_cfg(scale_cfg, per_answer_token=False)
+    off = get_study("word_order")(cfg, build_world(cfg))
+    assert not {"word_order_answer_tokens", "word_order_answer_token_shares"} & set(off)
+    for name in ("word_order_scores", "word_order_partitions", "word_order_ratios"):
+        pd.testing.assert_frame_equal(off[name], tables[name], check_exact=True)
+    # (a cached fit lists its info in the order the file stores it: compare the metadata as a set of keys)
+    pd.testing.assert_frame_equal(off["_metadata"], tables["_metadata"], check_exact=True, check_like=True)
+    on = tables["_summary"].drop(columns=[c for c in tables["_summary"] if c.startswith("answer_")])
+    pd.testing.assert_frame_equal(off["_summary"], on, check_exact=True)
