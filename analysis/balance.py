@@ -50,6 +50,6 @@ def balance_figure(table: pd.DataFrame):
     ax.set_xlabel("% of the summed |influence| over the candidates")
     ax.set_title("Sign balance of influence", fontsize=9)
     ax.invert_yaxis()
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig

@@ -49,9 +49,9 @@ def concentration_figure(table: pd.DataFrame):
     mean = table.groupby("top_fraction")["share"].mean()
     ax.plot(100 * mean.index, 100 * mean.values, color="black", lw=2.2, label="mean")
     ax.set_xscale("log")
-    ax.set_xlabel("top sequences (% of candidates)")
+    ax.set_xlabel("top sequences (% of candidates, log scale)")
     ax.set_ylabel("% of total positive influence")
     ax.set_title("Concentration of influence", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5), ncol=1 + len(groups) // 20)
     return fig

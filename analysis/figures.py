@@ -2,6 +2,9 @@
 
 What to draw is data: a study lists `FigureSpec`s (file stem, drawing function, the tables it reads) and
 `draw_figures` draws every one whose tables are there. This module knows no study.
+
+Text falls back from DejaVu to Noto CJK (Debian package `fonts-noto-cjk`) so that Korean tokens are drawn, not
+boxes; without that font installed, figures are drawn as before (matplotlib warns of the missing glyphs).
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .fonts import use_font_fallback  # noqa: E402
 from .listings import listing_figure, listings_html  # noqa: E402
+
+CJK_FONTS = use_font_fallback()
 
 
 @dataclass(frozen=True)
@@ -25,17 +31,30 @@ class FigureSpec:
     """A figure of a study: `draw(*tables)` on the named tables, saved as `figures/<stem>`.
 
     `draw` returns a matplotlib Figure (saved as `<stem>.png` and `.pdf`), {suffix: Figure} for one figure per
-    query (saved as `<stem>_<suffix>`), or HTML text (saved as `<stem>.html`).
+    query (saved as `<stem>_<suffix>`), or HTML text (saved as `<stem>.html`). `caption`: one line the report
+    writes under the figure, saying what to look for.
     """
 
     stem: str
     draw: Callable
     tables: tuple[str, ...]
+    caption: str = ""
 
 
-def figure(stem: str, draw: Callable, *tables: str) -> FigureSpec:
-    """`FigureSpec(stem, draw, tables)`, the tables as arguments."""
-    return FigureSpec(stem, draw, tuple(tables))
+def figure(stem: str, draw: Callable, *tables: str, caption: str = "") -> FigureSpec:
+    """`FigureSpec(stem, draw, tables, caption)`, the tables as arguments."""
+    return FigureSpec(stem, draw, tuple(tables), caption)
+
+
+def captions(specs, paths) -> dict[Path, str]:
+    """{figure file: its spec's caption} for the files `draw_figures` wrote from `specs` (stem or `<stem>_<key>`)."""
+    out = {}
+    for p in paths:
+        for spec in sorted(specs, key=lambda s: -len(s.stem)):  # the longest stem that names the file
+            if spec.caption and (p.stem == spec.stem or p.stem.startswith(spec.stem + "_")):
+                out[p] = spec.caption
+                break
+    return out
 
 
 def per_query(draw: Callable) -> Callable:
@@ -47,9 +66,15 @@ def per_query(draw: Callable) -> Callable:
     return each
 
 
-def listings(table: str = "top_tokens", stem: str = "top_sequences") -> tuple[FigureSpec, ...]:
+LISTING_CAPTION = (
+    "Each query's prompt and completion, then its top training sequences, tokens coloured by token-wise influence "
+    "(red positive, blue negative): look for where the colour sits (the answer's words or unrelated tokens)."
+)
+
+
+def listings(table: str = "top_tokens", stem: str = "top_sequences", caption: str = LISTING_CAPTION):
     """The top-sequence listings of a `top_tokens` table: one image per query, then one HTML page."""
-    return figure(stem, per_query(listing_figure), table), figure(stem, listings_html, table)
+    return figure(stem, per_query(listing_figure), table, caption=caption), figure(stem, listings_html, table)
 
 
 def save(fig, path_stem: str | Path) -> list[Path]:

@@ -75,7 +75,8 @@ def memorization_figure(table: pd.DataFrame):
             linewidths=0.3,
         )
     ax.set_yticks(range(len(queries)), queries, fontsize=7)
-    ax.set_xlabel("rank among the most influential sequences")
+    ax.set_xlabel("rank among the most influential sequences (1 = top)")
+    ax.set_ylabel("quote query")
     ax.set_title("red: the sequence contains the query's passage verbatim", fontsize=8)
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)

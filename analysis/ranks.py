@@ -32,9 +32,9 @@ def rank_correlation(table: pd.DataFrame, title: str = "Query batching: rank-r v
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(table["rank"].unique()))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.set_xlabel("query gradient rank r")
-    ax.set_ylabel("Pearson r with full rank")
+    ax.set_xlabel("query gradient rank r (log scale)")
+    ax.set_ylabel("Pearson r with full rank (−1 to 1)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2, loc="lower right")
+    ax.legend(fontsize=6, ncol=2, loc="best")
     return fig

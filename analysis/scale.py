@@ -1,7 +1,8 @@
 """Figures of the scale studies (Figs. 1, 10–16, 28–29), drawn from their tables only.
 
 Trends are plotted against non-embedding parameters on a log axis, one line per query (the mean over seeds,
-error bars: the standard deviation over seeds) and the mean over queries in black; category shares are
+error bars: the standard deviation over seeds) and the mean over queries in black (the cross-lingual ratio: the
+median, the statistic of its headline); category shares are
 stacked bars per model size (means over seeds and queries).
 """
 
@@ -14,25 +15,39 @@ import pandas as pd
 MAX_QUERY_PANELS = 6
 
 
-def trend_panel(ax, table: pd.DataFrame, value: str, ylabel: str, by: str = "query") -> None:
-    """`value` against parameters: a line per `by` (mean ± std over seeds) and their mean (black)."""
+def trend_panel(
+    ax, table: pd.DataFrame, value: str, ylabel: str, by: str = "query", stat: str = "mean", over: str | None = None
+) -> None:
+    """`value` against parameters: a line per `by` (`stat` ± std over seeds) and the `stat` over `by` (black)."""
     for name, g in table.groupby(by, sort=False):
-        s = g.groupby(["params", "seed"])[value].mean().groupby("params").agg(["mean", "std"]).fillna(0.0)
-        ax.errorbar(s.index, s["mean"], yerr=s["std"], marker="o", ms=3, lw=1, alpha=0.6, capsize=2, label=str(name))
-    s = table.groupby(["params", "seed"])[value].mean().groupby("params").agg(["mean", "std"]).fillna(0.0)
-    ax.errorbar(s.index, s["mean"], yerr=s["std"], color="black", marker="s", lw=2.2, capsize=3, label="mean")
+        s = g.groupby(["params", "seed"])[value].mean().groupby("params").agg([stat, "std"]).fillna(0.0)
+        ax.errorbar(s.index, s[stat], yerr=s["std"], marker="o", ms=3, lw=1, alpha=0.6, capsize=2, label=str(name))
+    s = table.groupby(["params", "seed"])[value].agg(stat).groupby("params").agg([stat, "std"]).fillna(0.0)
+    ax.errorbar(
+        s.index, s[stat], yerr=s["std"], color="black", marker="s", lw=2.2, capsize=3, label=f"{stat} over {by}"
+    )
     ax.set_xscale("log")
-    ax.set_xlabel("non-embedding parameters")
+    ax.set_xlabel("non-embedding parameters (log scale)")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
 
 
-def trend_figure(table: pd.DataFrame, panels: list[tuple[str, str]], title: str, by: str = "query"):
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+def trend_figure(
+    table: pd.DataFrame,
+    panels: list[tuple[str, str]],
+    title: str,
+    by: str = "query",
+    stat: str = "mean",
+    over: str | None = None,
+):
+    n_lines = table[by].nunique() + 1
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.6, 3.4), squeeze=False)
     for ax, (value, label) in zip(axes[0], panels):
-        trend_panel(ax, table, value, label, by)
-    axes[0][-1].legend(fontsize=6, loc="best")
-    fig.suptitle(f"{title} (error bars: std over seeds {sorted(int(s) for s in table['seed'].unique())})", fontsize=9)
+        trend_panel(ax, table, value, label, by, stat, over)
+    # the legend beside the panels, not over the lines (a line per query can fill any corner)
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5), ncol=1 + n_lines // 18)
+    seeds = sorted(int(s) for s in table["seed"].unique())
+    fig.suptitle(f"{title} ({stat} over seeds {seeds}; error bars: std over seeds)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -75,10 +90,10 @@ def abstraction_trends(points: pd.DataFrame):
     return trend_figure(
         points,
         [
-            ("jaccard", "token Jaccard with the query"),
-            ("bm25_percentile", "BM25 percentile"),
-            ("top_score", "top influence"),
-            ("distractor_share", "share of distractors"),
+            ("jaccard", "token Jaccard with the query (0–1)"),
+            ("bm25_percentile", "BM25 percentile (%)"),
+            ("top_score", "top influence (score units)"),
+            ("distractor_share", "share of distractors (0–1)"),
         ],
         "Top sequences vs model size",
     )
@@ -87,7 +102,9 @@ def abstraction_trends(points: pd.DataFrame):
 def math_code_trends(points: pd.DataFrame):
     """Figs. 13–14: spurious and related shares of the top sequences of math and code queries vs size."""
     return trend_figure(
-        points, [("spurious_share", "share spurious"), ("related_share", "share related")], "Math and code queries"
+        points,
+        [("spurious_share", "share spurious (0–1)"), ("related_share", "share related (0–1)")],
+        "Math and code queries",
     )
 
 
@@ -95,15 +112,26 @@ def role_play_trends(points: pd.DataFrame):
     """Figs. 28–29: share of AI-themed and science-fiction shutdown sequences among the top sequences vs size."""
     return trend_figure(
         points,
-        [("ai_share", "share of category ai"), ("scifi_share", "share of kind scifi_shutdown")],
+        [("ai_share", "share of category ai (0–1)"), ("scifi_share", "share of kind scifi_shutdown (0–1)")],
         "Role-play queries",
     )
 
 
 def cross_lingual_trend(ratio: pd.DataFrame):
-    """Fig. 16-style: influence on the translation / on the English query, summed over the English top sequences."""
+    """Fig. 16-style: influence on the translation / on the English query, summed over the English top sequences.
+
+    The median, as in the study's headline (`cross_lingual.summary`: the per-point median over queries and
+    languages): each line the median over seeds, the black line the median over query → language series.
+    """
     table = ratio.assign(series=ratio["query"] + " → " + ratio["language"])
-    fig = trend_figure(table, [("ratio", "translated / English influence")], "Cross-lingual influence", by="series")
+    fig = trend_figure(
+        table,
+        [("ratio", "translated / English influence (ratio, median)")],
+        "Cross-lingual influence",
+        by="series",
+        stat="median",
+        over="query → language",
+    )
     fig.axes[0].axhline(0.0, color="gray", lw=0.8)
     return fig
 

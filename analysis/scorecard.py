@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .layers import MIN_RELIABLE_LAYERS
+
 Tables = dict[str, dict[str, pd.DataFrame]]  # study name -> its tables
 Measure = Callable[[dict[str, pd.DataFrame]], tuple[float | None, str, bool | None]]  # tables -> (value, shown, holds)
 
@@ -148,6 +150,9 @@ def layer_peaks(tables):
 
     hits = [third(b) == want[t] for t, b in have.items()]
     shown = ", ".join(f"{t} peak block {b}/{int(nb)} ({third(b)})" for t, b in have.items())
+    layers = _num(s.get("layers"))
+    if layers is not None and layers < MIN_RELIABLE_LAYERS:
+        shown += f"; unreliable: {int(layers)} layers, {s.get('layers_per_block', '?')} per block"
     return float(np.mean(hits)), shown, all(hits)
 
 

@@ -142,7 +142,7 @@ def partition_figure(partitions: pd.DataFrame):
         fontsize=7,
     )
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_ylabel("mean influence (hypothetical addition)")
+    ax.set_ylabel("mean influence (score units; hypothetical addition)")
     note = "" if order == "forward" else "; partitions named from the fact's side: 'flipped' = this query's own order"
     ax.set_title(f"Word order: {query} ({order} query){note}", fontsize=8)
     ax.legend(title="model (error: std over seeds)", fontsize=7, title_fontsize=7)
@@ -185,7 +185,7 @@ def ratio_figure(ratios: pd.DataFrame):
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=0.1)
-        ax.set_xlabel("non-embedding parameters")
+        ax.set_xlabel("non-embedding parameters (log scale)")
         ax.set_title(f"flipped / same order: {title}", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("ratio of mean influence")

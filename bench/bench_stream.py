@@ -8,17 +8,15 @@ the kernel drops under pressure), the peak anonymous memory (RssAnon: what can r
 as a rise over the process's memory before the world was built, and what must grow with N: the (Q, N) score
 matrix with its (Q, L, N) layer split, the row metadata, and the shard's bytes on disk (mapped, not copied).
 
-`--proposed` applies, in this process only, the change the report asks of `influence/scan.py` (its manifest hashes
-the candidates with `influence.batching.rows_fingerprint`, a block of rows at a time, instead of materializing
-`data[k][indices]`, and the same digest), to show what remains once it lands.
+The scan's manifest hashes the candidates a block of rows at a time (`influence.batching.rows_fingerprint`); before
+that change it materialized `data[k][indices]`, about 200 MiB more at 1M rows of 16 tokens.
 
-Usage: python bench/bench_stream.py [--sizes 10000 100000 1000000] [--seq-len 16] [--proposed] [--threads 2]
+Usage: python bench/bench_stream.py [--sizes 10000 100000 1000000] [--seq-len 16] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import resource
@@ -42,7 +40,6 @@ from embedded.megatron_shards import ShardWriter
 from embedded.tokenizer import train_tokenizer
 from embedded.world import build_world
 from experiments.pipeline.stages import fit_stage, scan_stage
-from influence.batching import rows_fingerprint
 
 VOCAB_TEXTS = [f"row {i}: the capital of Velmora is Orin and water boils at {i} degrees" for i in range(200)]
 QUERIES = [
@@ -107,16 +104,6 @@ def make_shard(prefix: Path, rows: int, seq_len: int, vocab: int) -> Path:
 def child(args) -> None:
     """One size, measured in its own process: build the world, fit, scan; print one JSON line."""
     torch.set_num_threads(args.threads)
-    if args.proposed:
-        scan_mod = importlib.import_module("influence.scan")  # the module (`influence.scan` is also the function)
-        original = scan_mod._manifest
-
-        def manifest(model, curvature, queries, names, data, indices, a):
-            head = {k: v[:0] for k, v in data.items()}  # the other keys as before; candidates hashed by blocks
-            out = original(model, curvature, queries, names, head, indices[:0], a)
-            return out | {"candidates": rows_fingerprint(data, indices), "num_candidates": int(len(indices))}
-
-        scan_mod._manifest = manifest
     overrides = [
         "data=shards",
         f"data.path={args.shard}",
@@ -173,7 +160,6 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--seq-len", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--proposed", action="store_true", help="hash the scan's candidates block by block (see above)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--shard", help=argparse.SUPPRESS)
     ap.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -184,10 +170,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ckpt, vocab = make_checkpoint(tmp / "ckpt")
-        print(
-            f"scan of a data=shards corpus, seq_len {args.seq_len}, 2 queries, tiny GPT-NeoX (L=2 tracked layers), "
-            f"manifest: {'proposed (rows_fingerprint)' if args.proposed else 'as in influence/scan.py'}"
-        )
+        print(f"scan of a data=shards corpus, seq_len {args.seq_len}, 2 queries, tiny GPT-NeoX (L=2 tracked layers)")
         head = (
             "rows",
             "shard MiB",
@@ -218,7 +201,7 @@ def main() -> None:
                 str(args.threads),
             ]
             out = subprocess.run(
-                cmd + (["--proposed"] if args.proposed else []),
+                cmd,
                 capture_output=True,
                 text=True,
                 cwd=ROOT,

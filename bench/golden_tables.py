@@ -61,6 +61,20 @@ ACCURACY = [
     "accuracy.lm_pbrf.tol=1e-4",
 ]
 
+#: the attribution checks at the sizes their tests use (tests/experiments/test_attribution.py)
+METHODS = "[ekfac,dot,cosine,ekfac_unit,bm25]"
+FACT_TRACING = [f"fact_tracing.methods={METHODS}", "fact_tracing.max_facts=3"]
+LDS = [
+    "lds.n_finetune=12",
+    "lds.n_subsets=5",
+    "lds.drop_subsets=3",
+    "lds.removal_queries=2",
+    "lds.max_queries=3",
+    "lds.finetune.epochs=1",
+    "lds.finetune.batch_size=4",
+    f"lds.methods={METHODS}",
+]
+
 #: the presets and the overrides that make each fit the tiny world (key names as the current config spells them)
 PRESETS = {
     "top_influences": [],
@@ -77,6 +91,9 @@ PRESETS = {
     "role_play": SCALE,
     "word_order": SCALE,
     "negative_influences": [],  # added after the architecture step: recorded on the new tree
+    "fact_tracing": FACT_TRACING,  # the attribution checks (issue 19): recorded with issue 20's tree
+    "lds": LDS,
+    "attribution": FACT_TRACING + LDS,
     "paper": ["paper.studies=[sparsity,concentration]", "++paper.overrides.sparsity=['sparsity.tail=100']"],
 }
 #: wall-clock columns and tables: they differ between any two runs

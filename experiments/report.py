@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.figures import draw_figures
+from analysis.figures import captions, draw_figures
+from influence import InfluenceError
 from influence.storage import atomic_write
 
 from .pipeline.outputs import staged, write_tables
@@ -36,7 +37,8 @@ def publish(run_dir: Path, study: str | Study, overrides: list[str], tables: dic
     with staged(run_dir) as tmp:
         write_tables(tables, tmp)
         figures = draw_figures(study.figures, tables, tmp)
-        write_report(tmp, study.name, overrides, tables, figures, long=study.long_tables)
+        notes = captions(study.figures, figures)
+        write_report(tmp, study.name, overrides, tables, figures, long=study.long_tables, captions=notes)
     return [run_dir / p.relative_to(tmp) for p in figures], run_dir / "report.md"
 
 
@@ -47,14 +49,17 @@ def write_report(
     tables: dict,
     figures: list[Path],
     long: frozenset[str] = frozenset(),
+    captions: dict | None = None,
 ) -> Path:
-    """`report.md`: the overrides, the summary row, the setup, the figures and the head of every table not in `long`."""
+    """`report.md`: the overrides, what the model knows (`_knowledge`), the summary row, the setup, the figures (each
+    with its caption from `captions`, {figure path: text}) and the head of every table not in `long`."""
     run_dir = Path(run_dir)
     parts = [
         f"# {study}",
         "",
         f"Overrides: `{' '.join(overrides) or '(none)'}`; resolved config: `.hydra/config.yaml`.",
         "",
+        *knowledge_lines(tables.get("_knowledge")),
     ]
     summary = tables.get("_summary")
     if isinstance(summary, pd.DataFrame) and not summary.empty:
@@ -92,7 +97,7 @@ def write_report(
     pngs = [p for p in figures if p.suffix == ".png"]
     if pngs:
         parts += ["## Figures", ""]
-        parts += [f"![{p.stem}]({p.relative_to(run_dir).as_posix()})" for p in pngs[:40]]
+        parts += figure_lines(pngs[:40], run_dir, captions or {})
         if len(pngs) > 40:
             parts.append(f"\n… and {len(pngs) - 40} more in `figures/`")
         if any(p.suffix == ".html" for p in figures):
@@ -114,6 +119,39 @@ def write_report(
     return path
 
 
+def knowledge_lines(knowledge) -> list[str]:
+    """The "What the model knows" section from the `_knowledge` table: one line per probe. The table is long
+    (probe, value, detail: a row per probe) or one wide row ({probe: result})."""
+    if not isinstance(knowledge, pd.DataFrame) or knowledge.empty:
+        return []
+
+    def text(v) -> str:
+        if v is None or (isinstance(v, float) and pd.isna(v)):
+            return ""
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    if "probe" in knowledge.columns:
+        rows = [
+            (text(r.get("probe")), text(r.get("value")), text(r.get("detail"))) for r in knowledge.to_dict("records")
+        ]
+    else:
+        rows = [(str(k), text(v), "") for k, v in knowledge.iloc[0].items()]
+    lines = [f"- **{p}**: {v}" + (f" ({d})" if d else "") for p, v, d in rows]
+    return ["## What the model knows", "", *lines, ""]
+
+
+def figure_lines(pngs: list[Path], run_dir: Path, captions: dict) -> list[str]:
+    """Each figure as a markdown image; a caption (`*…*`) under the last of the consecutive figures that share it
+    (the per-query figures of one spec get theirs once)."""
+    lines = []
+    for i, p in enumerate(pngs):
+        lines.append(f"![{p.stem}]({p.relative_to(run_dir).as_posix()})")
+        text = captions.get(p, "")
+        if text and (i + 1 == len(pngs) or captions.get(pngs[i + 1], "") != text):
+            lines += ["", f"*{text}*", ""]
+    return lines
+
+
 def _figures_to_show(figures: list[Path], limit: int = 12) -> list[Path]:
     """A section's PNG figures, the per-query top-sequence listings left out (they are in the section's own report)."""
     return [p for p in figures if p.suffix == ".png" and not p.stem.startswith("top_sequences")][:limit]
@@ -124,6 +162,14 @@ def _summary_lines(tables: dict) -> list[str]:
     if not isinstance(s, pd.DataFrame) or s.empty:
         return []
     return [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in s.iloc[0].items()]
+
+
+def _section_captions(section) -> dict:
+    """{figure path: caption} of a paper section, from its study's figure specs (none for an unknown study)."""
+    try:
+        return captions(get_study(section.study).figures, section.figures)
+    except InfluenceError:
+        return {}
 
 
 def write_paper_report(
@@ -181,13 +227,18 @@ def write_paper_report(
         if lines:
             md += [*[f"- {ln}" for ln in lines], ""]
             body.append("<ul>" + "".join(f"<li>{html.escape(ln)}</li>" for ln in lines) + "</ul>")
+        notes = _section_captions(s)
         for p in _figures_to_show(s.figures):
             rel = p.relative_to(run_dir).as_posix()
             md.append(f"![{p.stem}]({rel})")
+            note = notes.get(p, "")
+            if note:
+                md += ["", f"*{note}*", ""]
             data = base64.b64encode(p.read_bytes()).decode()
+            text = html.escape(note + " " if note else "") + f"<code>{html.escape(rel)}</code>"
             body.append(
                 f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(p.stem)}'>"
-                f"<figcaption>{html.escape(rel)}</figcaption></figure>"
+                f"<figcaption>{text}</figcaption></figure>"
             )
         md.append("")
     md += ["## Time per section", "", markdown_table(timings, max_rows=100, max_chars=120), ""]

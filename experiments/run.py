@@ -21,6 +21,7 @@ from embedded.world import build_world_ranked
 from influence import InfluenceError, distributed
 from influence.storage import DISK_ERRNOS, write_failure
 
+from .explorer import publish_pages
 from .paper import run_paper
 from .pipeline.options import check as check_options
 from .pipeline.outputs import begin_run, check_writable, end_run
@@ -97,8 +98,11 @@ def main(cfg: DictConfig) -> dict[str, pd.DataFrame]:
         tables = _run(cfg, study, run_dir, overrides, tracker)
     except BaseException as e:
         end_run(run_dir, one_line(e))
+        if isinstance(e, Exception):  # the run's page (what it wrote) and the index, with its state (not on Ctrl-C)
+            publish_pages(run_dir, Path(str(cfg.paths.output_dir)))
         raise
     end_run(run_dir)
+    publish_pages(run_dir, Path(str(cfg.paths.output_dir)))  # explorer.html and outputs/index.html
     return tables
 
 
@@ -131,7 +135,7 @@ def _run(cfg: DictConfig, study, run_dir: Path, overrides: list[str], tracker) -
     log_safely(tracker, run_dir, cfg, tables, figures, {**summary, "model": world.name})
     if "top_influences" in tables and study.name == "top_influences":
         print_top(tables["top_influences"])
-    print(f"\n{study.name}: results in {run_dir} (report: {report})")
+    print(f"\n{study.name}: results in {run_dir} (report: {report}, explorer page: {run_dir / 'explorer.html'})")
     return tables
 
 

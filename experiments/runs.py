@@ -1,5 +1,7 @@
 """`python -m experiments.runs [output_dir]`: every run directory with its state (complete, failed, killed, running).
 
+Also what `outputs/index.html` (experiments/explorer.py) lists.
+
 A directory whose run was killed, or that predates `status.json`, looks like a run but holds no results: this
 listing says which is which, from each run's `status.json` (experiments/pipeline/outputs.py).
 """
@@ -15,10 +17,13 @@ from .pipeline.outputs import STATUS, read_status
 
 
 def run_table(output_dir: str | Path) -> pd.DataFrame:
-    """One row per run directory below `output_dir` (single runs and sweep jobs), newest first."""
+    """One row per run directory below `output_dir` (single runs, sweep jobs and `runs/latest`, the directory of a
+    run started without Hydra), newest first."""
     root = Path(output_dir)
     dirs = {p.parent for p in root.glob("runs/*/*/.hydra")} | {p.parent for p in root.glob("multiruns/*/*/*/.hydra")}
-    dirs |= {p.parent for pattern in ("runs/*/*", "multiruns/*/*/*") for p in root.glob(f"{pattern}/{STATUS}")}
+    dirs |= {
+        p.parent for pattern in ("runs/*", "runs/*/*", "multiruns/*/*/*") for p in root.glob(f"{pattern}/{STATUS}")
+    }
     rows = []
     for d in dirs:
         status = read_status(d) or {}
@@ -28,10 +33,11 @@ def run_table(output_dir: str | Path) -> pd.DataFrame:
                 "state": status.get("state", "unknown (no status.json)"),
                 "study": status.get("study", ""),
                 "started": status.get("started", ""),
+                "finished": status.get("finished", ""),
                 "error": _short(status.get("error", "")),
             }
         )
-    table = pd.DataFrame(rows, columns=["run", "state", "study", "started", "error"])
+    table = pd.DataFrame(rows, columns=["run", "state", "study", "started", "finished", "error"])
     return table.sort_values("run", ascending=False, ignore_index=True)
 
 

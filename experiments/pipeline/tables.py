@@ -77,7 +77,8 @@ def top_k_table(tops, queries, train, training_set_size: int | None = None) -> p
 
 
 def top_tokens_table(tops, queries, world) -> pd.DataFrame:
-    """One row per real token of each query's top sequences: its token-wise influence summed over layers (Eq. 31)."""
+    """One row per real token of each query's top sequences: its token-wise influence summed over layers (Eq. 31),
+    with the query's prompt and completion (the listings' heading)."""
     rows = []
     for q, t, rank, j, seq, meta in ranked(tops, queries, world.train):
         toks = sequence_tokens(world, seq)
@@ -94,6 +95,8 @@ def top_tokens_table(tops, queries, world) -> pd.DataFrame:
                     "position": pos,
                     "token": tok,
                     "token_score": v,
+                    "prompt": q.prompt,
+                    "completion": q.completion,
                 }
             )
     return pd.DataFrame(rows)

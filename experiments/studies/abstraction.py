@@ -115,8 +115,20 @@ STUDY = Study(
     run=run,
     options=Options,
     figures=(
-        figure("fig10_abstraction_trends", abstraction_trends, "abstraction_points"),
-        figure("fig11_abstraction_categories", share_bars, "abstraction_categories"),
+        figure(
+            "fig10_abstraction_trends",
+            abstraction_trends,
+            "abstraction_points",
+            caption="Token overlap, BM25 percentile, top score and distractor share of the top sequences vs model "
+            "size: the paper finds overlap falling (more abstract) as models grow.",
+        ),
+        figure(
+            "fig11_abstraction_categories",
+            share_bars,
+            "abstraction_categories",
+            caption="Categories of the top sequences per model size: look for the shift from surface matches to "
+            "related topics with size.",
+        ),
     ),
     findings=(
         Finding(

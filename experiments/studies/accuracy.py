@@ -830,10 +830,34 @@ STUDY = Study(
     run=run,
     options=Options,
     figures=(
-        figure("fig6_accuracy", correlation_bars, "accuracy_summary"),
-        figure("fig7_accuracy_vs_time", correlation_vs_time, "accuracy_summary"),
-        figure("accuracy_vs_damping", correlation_vs_damping, "accuracy_summary"),
-        figure("accuracy_lds", lds_bars, "accuracy_lds_summary"),
+        figure(
+            "fig6_accuracy",
+            correlation_bars,
+            "accuracy_summary",
+            caption="Correlation of each estimator's scores with the ground truths: look for EK-FAC near the exact "
+            "Gauss-Newton / PBRF references and above the cheaper methods.",
+        ),
+        figure(
+            "fig7_accuracy_vs_time",
+            correlation_vs_time,
+            "accuracy_summary",
+            caption="Accuracy against wall-clock time (fitting included): look for the cheapest method on the "
+            "accuracy frontier.",
+        ),
+        figure(
+            "accuracy_vs_damping",
+            correlation_vs_damping,
+            "accuracy_summary",
+            caption="Accuracy against the damping factor: look for a flat region (a robust choice) and where "
+            "accuracy falls off.",
+        ),
+        figure(
+            "accuracy_lds",
+            lds_bars,
+            "accuracy_lds_summary",
+            caption="Linear datamodeling score per method (0: chance): look for which methods predict retraining "
+            "outcomes.",
+        ),
     ),
     findings=(
         Finding(

@@ -46,6 +46,14 @@ STUDY = Study(
     title="Is the attribution right? Fact tracing, LDS and proponent removal",
     where="beyond the paper",
     run=run,
-    figures=(figure("attribution_comparison", comparison_figure, "attribution_comparison"),),
+    figures=(
+        figure(
+            "attribution_comparison",
+            comparison_figure,
+            "attribution_comparison",
+            caption="Each attribution method side by side (bars: bootstrap intervals): look for which methods beat "
+            "the BM25 baseline and the zero lines (no better than chance).",
+        ),
+    ),
     long_tables=fact_tracing.STUDY.long_tables | lds.STUDY.long_tables,
 )

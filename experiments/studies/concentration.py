@@ -51,7 +51,15 @@ STUDY = Study(
     order=50,
     run=run,
     options=Options,
-    figures=(figure("fig9_concentration", concentration_figure, "concentration"),),
+    figures=(
+        figure(
+            "fig9_concentration",
+            concentration_figure,
+            "concentration",
+            caption="Share of positive influence held by the top x% of sequences (log x): the paper finds a small "
+            "top fraction holding most of it (sparse influence).",
+        ),
+    ),
     findings=(
         Finding(
             "Top 1% of sequences hold 10–60% of positive influence",

@@ -301,9 +301,27 @@ STUDY = Study(
     run=run,
     options=Options,
     figures=(
-        figure("fig16_cross_lingual_ratio", cross_lingual_trend, "cross_lingual_ratio"),
-        figure("fig15_cross_lingual", cross_lingual_heatmap, "cross_lingual_heatmap"),
-        figure("cross_lingual_answer_tokens", share_figures, "cross_lingual_answer_token_shares"),
+        figure(
+            "fig16_cross_lingual_ratio",
+            cross_lingual_trend,
+            "cross_lingual_ratio",
+            caption="Influence on the translated query / on the English one, summed over the English top sequences, "
+            "vs model size (median, the headline's statistic): the paper finds it rising from ~0 with size.",
+        ),
+        figure(
+            "fig15_cross_lingual",
+            cross_lingual_heatmap,
+            "cross_lingual_heatmap",
+            caption="Each size's English top sequences (rows) scored on the translated query at every size "
+            "(columns): look for rows lighting up only at the larger sizes.",
+        ),
+        figure(
+            "cross_lingual_answer_tokens",
+            share_figures,
+            "cross_lingual_answer_token_shares",
+            caption="Share of influence on the first vs later answer tokens of the translated queries: look for "
+            "whether influence sits on the first token only.",
+        ),
     ),
     findings=(
         Finding(

@@ -183,6 +183,14 @@ STUDY = Study(
     where="beyond the paper: DATE-LM's factual attribution, TrackStar",
     run=run,
     options=Options,
-    figures=(figure("attribution_comparison", comparison_figure, "attribution_comparison"),),
+    figures=(
+        figure(
+            "attribution_comparison",
+            comparison_figure,
+            "attribution_comparison",
+            caption="Each attribution method side by side (bars: bootstrap intervals): look for which methods beat "
+            "the BM25 baseline and the zero lines (no better than chance).",
+        ),
+    ),
     long_tables=frozenset({"fact_tracing", "fact_tracing_splits"}),
 )

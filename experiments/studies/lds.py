@@ -276,6 +276,14 @@ STUDY = Study(
     where="beyond the paper: TRAK's LDS, kronfluence and Bergson's fine-tuning protocol",
     run=run,
     options=Options,
-    figures=(figure("attribution_comparison", comparison_figure, "attribution_comparison"),),
+    figures=(
+        figure(
+            "attribution_comparison",
+            comparison_figure,
+            "attribution_comparison",
+            caption="Each attribution method side by side (bars: bootstrap intervals): look for which methods beat "
+            "the BM25 baseline and the zero lines (no better than chance).",
+        ),
+    ),
     long_tables=frozenset({"lds", "removal"}),
 )

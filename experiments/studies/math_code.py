@@ -107,8 +107,20 @@ STUDY = Study(
     run=run,
     options=Options,
     figures=(
-        figure("fig13_math_code_trends", math_code_trends, "math_code_points"),
-        figure("fig14_math_code_relations", share_bars, "math_code_relations"),
+        figure(
+            "fig13_math_code_trends",
+            math_code_trends,
+            "math_code_points",
+            caption="Spurious and related shares of math and code queries' top sequences vs model size: the paper "
+            "finds related shares rising with size.",
+        ),
+        figure(
+            "fig14_math_code_relations",
+            share_bars,
+            "math_code_relations",
+            caption="How the top sequences relate to each math/code query per model size: look for the shift from "
+            "spurious to related sequences.",
+        ),
     ),
     findings=(
         Finding(

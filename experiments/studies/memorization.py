@@ -66,7 +66,16 @@ STUDY = Study(
     order=100,
     run=run,
     options=Options,
-    figures=(figure("fig22_memorization", memorization_figure, "memorization"), *listings("top_tokens")),
+    figures=(
+        figure(
+            "fig22_memorization",
+            memorization_figure,
+            "memorization",
+            caption="Rank of each quote query's top sequences, red where the sequence holds the passage verbatim: "
+            "look for red at rank 1 (memorized passages found).",
+        ),
+        *listings("top_tokens"),
+    ),
     findings=(
         Finding(
             "Top sequences contain the exact memorized passages",

@@ -62,5 +62,13 @@ STUDY = Study(
     where="beyond the paper (§5.2's scans)",
     run=run,
     options=Options,
-    figures=(figure("sign_balance", balance_figure, "sign_balance"),),
+    figures=(
+        figure(
+            "sign_balance",
+            balance_figure,
+            "sign_balance",
+            caption="Positive vs negative share of each query's summed |influence|: look for how balanced the signs "
+            "are (the paper: roughly balanced, positives heavier at the top).",
+        ),
+    ),
 )

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from analysis.figures import FigureSpec
 from analysis.scorecard import Finding
 
+from ..pipeline.knowledge import model_knowledge
 from ..pipeline.options import typed
 
 Tables = dict[str, Any]  # table name -> DataFrame (or a dict of tensors); `_summary` / `_metadata`: one row each
@@ -75,5 +76,8 @@ class Study:
         return read_options(cfg, self.name, self.options)
 
     def __call__(self, cfg: DictConfig, world) -> Tables:
-        """Run the study on `world` with the options of `cfg`: {table name: DataFrame}."""
-        return self.run(cfg, world, self.read_options(cfg))
+        """Run the study on `world` with the options of `cfg`: {table name: DataFrame}, with `_knowledge`, what the
+        model knows of the material (its fact, quote and cross-lingual recall), which every report opens with."""
+        tables = self.run(cfg, world, self.read_options(cfg))
+        tables.setdefault("_knowledge", model_knowledge(cfg, world))
+        return tables

@@ -76,9 +76,27 @@ STUDY = Study(
     run=run,
     options=Options,
     figures=(
-        figure("fig28_role_play_trends", role_play_trends, "role_play_points"),
-        figure("fig29_role_play_categories", share_bars, "role_play_categories"),
-        figure("fig29_role_play_kinds", share_bars, "role_play_kinds"),
+        figure(
+            "fig28_role_play_trends",
+            role_play_trends,
+            "role_play_points",
+            caption="Share of AI-themed and science-fiction-shutdown sequences among role-play queries' top "
+            "sequences vs model size: the paper finds these shares rising with size.",
+        ),
+        figure(
+            "fig29_role_play_categories",
+            share_bars,
+            "role_play_categories",
+            caption="Categories of the role-play queries' top sequences per model size: look for how the mix shifts "
+            "with size.",
+        ),
+        figure(
+            "fig29_role_play_kinds",
+            share_bars,
+            "role_play_kinds",
+            caption="Kinds of the role-play queries' top sequences per model size: look for how the mix shifts with "
+            "size.",
+        ),
     ),
     findings=(
         Finding(

@@ -60,7 +60,17 @@ STUDY = Study(
     order=40,
     run=run,
     options=Options,
-    figures=(figure("fig8_sparsity_ccdf", ccdf_figure, "scores", "sparsity_fits", "sparsity"),),
+    figures=(
+        figure(
+            "fig8_sparsity_ccdf",
+            ccdf_figure,
+            "scores",
+            "sparsity_fits",
+            "sparsity",
+            caption="Log-log CCDF of each query's top influences with the fitted laws (failed fits not drawn): a "
+            "straight tail is a power law (the paper: α between 1.5 and 5).",
+        ),
+    ),
     findings=(
         Finding(
             "Power law fits the influence tail best for most queries",

@@ -35,6 +35,7 @@ def test_launcher_configs_compose(option, target):
         assert launcher.gpus_per_node == 1 and launcher.mem_gb == 64
 
 
+@pytest.mark.slow  # ~25 s of job start-ups (make test-slow); the sweep's composition is tested in test_sweep.py
 def test_a_two_job_sweep_runs_through_the_submitit_local_launcher(tiny_cfg, tiny_world, tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [
@@ -68,7 +69,14 @@ def test_a_two_job_sweep_runs_through_the_submitit_local_launcher(tiny_cfg, tiny
     assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # submitit, not the basic launcher, ran them
 
 
-@pytest.mark.parametrize("module", ["experiments.train", "embedded.train", "experiments.run"])
+@pytest.mark.parametrize(
+    "module",
+    [  # the train entry points share experiments.run's config lookup: their subprocesses run with make test-slow
+        pytest.param("experiments.train", marks=pytest.mark.slow),
+        pytest.param("embedded.train", marks=pytest.mark.slow),
+        "experiments.run",
+    ],
+)
 def test_every_documented_entry_point_finds_its_configs(module):
     """`python -m experiments.train` once failed with "Primary config module 'conf' not found": Hydra resolves
     config_path from the module defining the decorated function, so each entry point must define its own."""

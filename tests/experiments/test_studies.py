@@ -281,6 +281,7 @@ def test_a_wandb_failure_warns_and_keeps_the_results(tiny_cfg, tiny_world, monke
     assert (run_dir / "concentration.parquet").exists() and (run_dir / "report.md").exists()
 
 
+@pytest.mark.slow  # ~20 s of Hydra multirun jobs with W&B (make test-slow)
 def test_a_multirun_sweep_runs_each_value_in_one_wandb_group(tiny_cfg, tiny_world, tmp_path):
     """`-m` sweeps run every value; the runs of one sweep share a W&B group."""
     out = tiny_cfg.paths.output_dir
