@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from .accuracy import COLORS, LABELS  # noqa: E402
+from .figures import figure  # noqa: E402
 from .lds import mean_interval  # noqa: E402
 
 KEY = ["method", "query"]
@@ -280,3 +281,13 @@ def comparison_figure(table: pd.DataFrame) -> plt.Figure:
         axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return fig
+
+
+#: the side-by-side figure of the attribution checks, drawn by fact_tracing, lds and attribution alike
+COMPARISON_FIGURE = figure(
+    "attribution_comparison",
+    comparison_figure,
+    "attribution_comparison",
+    caption="Each attribution method side by side (bars: bootstrap intervals): look for which methods beat "
+    "the BM25 baseline and the zero lines (no better than chance).",
+)

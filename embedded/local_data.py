@@ -24,6 +24,8 @@ import pandas as pd
 
 from influence.errors import InfluenceError
 
+from .records import parse_jsonl
+
 LOADERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 TEXT_COLUMNS = ("text", "content", "document", "body")
 ROW_MODES = ("chunks", "documents")
@@ -94,14 +96,7 @@ def _records(f: Path) -> list:
             return json.loads(text)
         except ValueError as e:
             raise InfluenceError(f"data file {f} is not valid JSON ({e}): fix or re-export it") from None
-    records = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except ValueError as e:
-                raise InfluenceError(f"data file {f} line {i} is not JSON ({e}): fix or re-export it") from None
-    return records
+    return parse_jsonl(text, f"data file {f}", "fix or re-export it")
 
 
 def _column(f: Path, columns: list[str], text_column: str | None) -> str:

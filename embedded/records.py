@@ -29,14 +29,16 @@ def _text(path: Path, key: str) -> str:
         raise InfluenceError(f"{key}={path} cannot be read ({e.strerror or type(e).__name__})") from None
 
 
-def _jsonl(text: str, path: Path, key: str) -> list:
+def parse_jsonl(text: str, where: str, fix: str) -> list:
+    """The records of JSON Lines `text`; a line that does not parse fails as "<where> line <i> is not JSON (...):
+    <fix>" (the one reader of JSON Lines: queries, candidates and local corpora)."""
     out = []
     for i, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 out.append(json.loads(line))
             except ValueError as e:
-                raise InfluenceError(f"{key}={path} line {i} is not JSON ({e}): write one {{...}} per line") from None
+                raise InfluenceError(f"{where} line {i} is not JSON ({e}): {fix}") from None
     return out
 
 
@@ -66,7 +68,11 @@ def read_records(path: str, key: str, paragraphs: bool = False) -> list:
     text = _text(p, key)
     if p.suffix == ".txt":
         return [{"text": t.strip("\n")} for t in text.split("\n\n") if t.strip()]
-    records = _jsonl(text, p, key) if p.suffix == ".jsonl" else _structured(text, p, key)
+    records = (
+        parse_jsonl(text, f"{key}={path}", "write one {...} per line")
+        if p.suffix == ".jsonl"
+        else _structured(text, p, key)
+    )
     if not records:
         raise InfluenceError(f"{key}={path} holds no record: add some, or unset {key}")
     return records

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.attribution import comparison_figure, method_comparison
-from analysis.figures import figure
+from analysis.attribution import COMPARISON_FIGURE, method_comparison
 
 from . import fact_tracing, lds
 from .registry import Study
@@ -46,14 +45,6 @@ STUDY = Study(
     title="Is the attribution right? Fact tracing, LDS and proponent removal",
     where="beyond the paper",
     run=run,
-    figures=(
-        figure(
-            "attribution_comparison",
-            comparison_figure,
-            "attribution_comparison",
-            caption="Each attribution method side by side (bars: bootstrap intervals): look for which methods beat "
-            "the BM25 baseline and the zero lines (no better than chance).",
-        ),
-    ),
+    figures=(COMPARISON_FIGURE,),
     long_tables=fact_tracing.STUDY.long_tables | lds.STUDY.long_tables,
 )

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from analysis.attribution import comparison_figure, method_comparison, retrieval_summary, retrieval_table
-from analysis.figures import figure
+from analysis.attribution import COMPARISON_FIGURE, method_comparison, retrieval_summary, retrieval_table
 from embedded.prepare import prepare_data
 from influence import InfluenceError, Query
 from influence.batching import sample_indices
@@ -183,14 +182,6 @@ STUDY = Study(
     where="beyond the paper: DATE-LM's factual attribution, TrackStar",
     run=run,
     options=Options,
-    figures=(
-        figure(
-            "attribution_comparison",
-            comparison_figure,
-            "attribution_comparison",
-            caption="Each attribution method side by side (bars: bootstrap intervals): look for which methods beat "
-            "the BM25 baseline and the zero lines (no better than chance).",
-        ),
-    ),
+    figures=(COMPARISON_FIGURE,),
     long_tables=frozenset({"fact_tracing", "fact_tracing_splits"}),
 )

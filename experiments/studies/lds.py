@@ -23,8 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from analysis.attribution import comparison_figure, method_comparison, removal_summary, removal_table
-from analysis.figures import figure
+from analysis.attribution import COMPARISON_FIGURE, method_comparison, removal_summary, removal_table
 from analysis.lds import lds_summary, linear_datamodeling_score
 from embedded.finetune import FinetuneSettings, finetune
 from embedded.world import TrainingSet
@@ -276,14 +275,6 @@ STUDY = Study(
     where="beyond the paper: TRAK's LDS, kronfluence and Bergson's fine-tuning protocol",
     run=run,
     options=Options,
-    figures=(
-        figure(
-            "attribution_comparison",
-            comparison_figure,
-            "attribution_comparison",
-            caption="Each attribution method side by side (bars: bootstrap intervals): look for which methods beat "
-            "the BM25 baseline and the zero lines (no better than chance).",
-        ),
-    ),
+    figures=(COMPARISON_FIGURE,),
     long_tables=frozenset({"lds", "removal"}),
 )

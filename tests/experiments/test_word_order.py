@@ -12,6 +12,7 @@ from embedded.corpus.facts import HELDOUT_CORE
 from experiments.studies import get_study
 from influence import InfluenceError
 
+from ..influence.tiny import layer_grads
 from .conftest import compose_cfg
 
 WO_QUERIES = {
@@ -94,17 +95,6 @@ def test_runs_over_every_size_seed_query_and_partition(wo, tmp_path):
     assert {f"fig23_26_word_order_{q}.png" for q in WO_QUERIES} <= stems
 
 
-def _layer_grads(layers, scalar):
-    params = [p for l in layers for p in l.parameters()]
-    g = torch.autograd.grad(scalar, params)
-    out, k = {}, 0
-    for l in layers:
-        n = len(l.parameters())
-        out[l.name] = l.from_parameter_grads(list(g[k : k + n]))
-        k += n
-    return out
-
-
 def test_a_score_is_minus_the_preconditioned_query_gradient_dot_the_training_gradient(wo):
     """Independent of the library's capture path: autograd of log p(completion|prompt) and of the summed token CE."""
     from embedded.world import build_world
@@ -129,12 +119,12 @@ def test_a_score_is_minus_the_preconditioned_query_gradient_dot_the_training_gra
     ids = torch.tensor([p_ids + c_ids])
     logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
     f = logp[torch.arange(len(p_ids) - 1, ids.shape[1] - 1), torch.tensor(c_ids)].sum()
-    pre = curvature.ihvp({k: v.unsqueeze(0) for k, v in _layer_grads(curvature.layers, f).items()})
+    pre = curvature.ihvp({k: v.unsqueeze(0) for k, v in layer_grads(curvature.layers, f).items()})
 
     t_ids = torch.tensor([tok(row["text"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
     logits = model(input_ids=t_ids).logits[0, :-1]
     loss = F.cross_entropy(logits, t_ids[0, 1:], reduction="sum")
-    g = _layer_grads(curvature.layers, loss)
+    g = layer_grads(curvature.layers, loss)
     expected = -sum(float((pre[n][0].double() * g[n].double()).sum()) for n in g)
     assert row["score"] == pytest.approx(expected, rel=1e-5)
 
@@ -277,10 +267,10 @@ def test_a_token_score_is_minus_the_preconditioned_token_log_prob_gradient_dot_t
     row = row[row["text"] == row["text"].iloc[0]].set_index("answer_position")
     ids = torch.tensor([p_ids + c_ids])
     logp = torch.log_softmax(model(input_ids=ids).logits[0], -1)[len(p_ids), c_ids[1]]
-    pre = curvature.ihvp({k: v.unsqueeze(0) for k, v in _layer_grads(curvature.layers, logp).items()})
+    pre = curvature.ihvp({k: v.unsqueeze(0) for k, v in layer_grads(curvature.layers, logp).items()})
     t_ids = torch.tensor([tok(row["text"].iloc[0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
     loss = F.cross_entropy(model(input_ids=t_ids).logits[0, :-1], t_ids[0, 1:], reduction="sum")
-    g = _layer_grads(curvature.layers, loss)
+    g = layer_grads(curvature.layers, loss)
     expected = -sum(float((pre[n][0].double() * g[n].double()).sum()) for n in g)
     assert row.loc[1, "score"] == pytest.approx(expected, rel=1e-5)
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from influence import InfluenceError, LanguageModelTask, compute_scores, expand_answer_tokens, fit_curvature
 from influence.exact import ExactGaussNewton
 
-from .tiny import neox, token_data
+from .tiny import layer_grads, neox, token_data
 
 
 def ragged_queries():
@@ -95,17 +95,6 @@ def test_each_token_score_is_the_score_of_a_query_measuring_that_token_alone(set
         )
 
 
-def _layer_grads(layers, scalar):
-    params = [p for l in layers for p in l.parameters()]
-    g = torch.autograd.grad(scalar, params)
-    out, k = {}, 0
-    for l in layers:
-        n = len(l.parameters())
-        out[l.name] = l.from_parameter_grads(list(g[k : k + n]))
-        k += n
-    return out
-
-
 def test_a_token_score_is_minus_its_preconditioned_log_prob_gradient_dot_the_training_gradient(setup):
     """Independent of the capture path: autograd of log p(x_t | x_<t) and of one row's summed token cross-entropy."""
     model, task, data, ekfac = setup
@@ -113,12 +102,12 @@ def test_a_token_score_is_minus_its_preconditioned_log_prob_gradient_dot_the_tra
     res = compute_scores(model, task, ekfac, q, data, batch_size=4, per_answer_token=True)
     ids = q["input_ids"][0:1, :6]  # query 0: prompt 3, answer at columns 3..5; its second answer token is column 4
     logp = torch.log_softmax(model(input_ids=ids).logits[0], -1)[3, ids[0, 4]]
-    pre = ekfac.ihvp({k: v.unsqueeze(0) for k, v in _layer_grads(ekfac.layers, logp).items()})
+    pre = ekfac.ihvp({k: v.unsqueeze(0) for k, v in layer_grads(ekfac.layers, logp).items()})
     m = 6
     n = int(data["attention_mask"][m].sum())
     row = data["input_ids"][m : m + 1, :n]
     loss = F.cross_entropy(model(input_ids=row).logits[0, :-1], row[0, 1:], reduction="sum")
-    g = _layer_grads(ekfac.layers, loss)
+    g = layer_grads(ekfac.layers, loss)
     want = -sum(float((pre[k][0] * g[k]).sum()) for k in g)
     col = int((res.indices == m).nonzero())
     assert float(res.answer_token_scores[0, col, 1]) == pytest.approx(want, rel=1e-8)

@@ -9,7 +9,7 @@ from torch import nn
 from influence import LanguageModelTask, compute_scores, find_tracked_layers, fit_curvature
 from influence.gradients import query_gradients
 
-from .tiny import gpt2, neox, query_batch, token_data
+from .tiny import gpt2, layer_grads, neox, query_batch, token_data
 
 
 @pytest.mark.parametrize("method", ["ekfac", "kfac", "identity"])
@@ -78,14 +78,7 @@ def _step(model, layers, direction, eta):
 
 
 def _train_grad(model, task, layers, seq):
-    params = [p for l in layers for p in l.parameters()]
-    g = torch.autograd.grad(task.loss(task.forward(model, seq), seq), params)
-    out, k = {}, 0
-    for l in layers:
-        n = len(l.parameters())
-        out[l.name] = l.from_parameter_grads(list(g[k : k + n]))
-        k += n
-    return out
+    return layer_grads(layers, task.loss(task.forward(model, seq), seq))
 
 
 def test_identity_score_is_the_finite_difference_change_of_f_after_an_sgd_step():

@@ -55,3 +55,16 @@ def query_batch(n, prompt_len, comp_len, vocab=32, seed=1):
     comp = torch.zeros(n, t, dtype=torch.long)
     comp[:, prompt_len:] = 1
     return {"input_ids": ids, "attention_mask": torch.ones(n, t, dtype=torch.long), "completion_mask": comp}
+
+
+def layer_grads(layers, scalar) -> dict:
+    """Plain autograd of `scalar` per tracked layer, in the library's (P, M+1) layout: the independent reference the
+    score checks compare the capture path with."""
+    params = [p for l in layers for p in l.parameters()]
+    g = torch.autograd.grad(scalar, params)
+    out, k = {}, 0
+    for l in layers:
+        n = len(l.parameters())
+        out[l.name] = l.from_parameter_grads(list(g[k : k + n]))
+        k += n
+    return out
