@@ -126,8 +126,3 @@ def share_figure(shares: pd.DataFrame):
     ax.legend(title="model (error: std over seeds)", fontsize=6, title_fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     return fig
-
-
-def share_figures(shares: pd.DataFrame) -> dict:
-    """One `share_figure` per query: {query: Figure}."""
-    return {str(q): share_figure(g) for q, g in shares.groupby("query", sort=False)}

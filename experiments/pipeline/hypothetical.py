@@ -34,12 +34,18 @@ def training_rows(tokenizer, texts: list[str], seq_len: int) -> dict[str, torch.
 def hypothetical_scores(cfg: DictConfig, world, curvature, queries, texts: list[str], **options):
     """`compute_scores` of the texts as if they were training rows, with full-rank queries (`options`: per_token,
     normalize)."""
+    return _scores(
+        cfg, world, curvature, queries, training_rows(world.tokenizer, texts, int(cfg.data.seq_len)), **options
+    )
+
+
+def _scores(cfg: DictConfig, world, curvature, queries, data: dict, **options):
     return compute_scores(
         world.model,
         score_task(cfg),
         curvature,
         encode_stage(world, queries),
-        training_rows(world.tokenizer, texts, int(cfg.data.seq_len)),
+        data,
         batch_size=score_options(cfg).batch_size,
         device=score_options(cfg).device,
         **options,
@@ -78,16 +84,16 @@ def candidate_tables(cfg: DictConfig, world, curvature, result) -> dict[str, pd.
     if opts.path is None:
         return {}
     records = candidate_records(opts.path, opts.text_column)
-    texts, queries = [r["text"] for r in records], list(world.queries)
-    raw = hypothetical_scores(cfg, world, curvature, queries, texts, per_token=True)
+    queries = list(world.queries)
+    data = training_rows(world.tokenizer, [r["text"] for r in records], int(cfg.data.seq_len))
+    raw = _scores(cfg, world, curvature, queries, data, per_token=True)
     unit = (
-        hypothetical_scores(cfg, world, curvature, queries, texts, normalize="unit").scores
+        _scores(cfg, world, curvature, queries, data, normalize="unit").scores
         if curvature.batched_ihvp
         else torch.full_like(raw.scores, torch.nan)
     )
     scanned_as = unit if score_options(cfg).normalize == "unit" else raw.scores  # the scan's own kind of score
     n = training_set_size(cfg, world)
-    data = training_rows(world.tokenizer, texts, int(cfg.data.seq_len))
     lengths = data["attention_mask"].sum(1).tolist()
     scores, tokens = [], []
     for qi, q in enumerate(queries):

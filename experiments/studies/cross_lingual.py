@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.answer_tokens import first_token_shares, median_share, share_figures, token_rows
-from analysis.figures import figure
+from analysis.answer_tokens import first_token_shares, median_share, share_figure, token_rows
+from analysis.figures import figure, per_query
 from analysis.scale import cross_lingual_heatmap, cross_lingual_trend
 from analysis.scorecard import Finding, size_trend
 from analysis.trends import trend
@@ -317,7 +317,7 @@ STUDY = Study(
         ),
         figure(
             "cross_lingual_answer_tokens",
-            share_figures,
+            per_query(share_figure),
             "cross_lingual_answer_token_shares",
             caption="Share of influence on the first vs later answer tokens of the translated queries: look for "
             "whether influence sits on the first token only.",

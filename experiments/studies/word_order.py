@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from analysis.answer_tokens import share_figures, token_rows
-from analysis.figures import figure
+from analysis.answer_tokens import share_figure, token_rows
+from analysis.figures import figure, per_query
 from analysis.scorecard import Finding, key_check
 from analysis.word_order import (
     answer_token_shares,
@@ -280,7 +280,7 @@ STUDY = Study(
         ),
         figure(
             "word_order_answer_tokens",
-            share_figures,
+            per_query(share_figure),
             "word_order_answer_token_shares",
             caption="Share of influence on the first vs later answer tokens: look for whether influence sits on the "
             "first token only.",
