@@ -7,9 +7,10 @@ wording, order or language). Every method ranks the same candidates: all sequenc
 seeded random sample of the rest. MRR and Recall@k per method, split by query direction and by whether the
 fact is also stated in flipped order.
 
-Without the embedded corpus's facts, the queries are the run's queries tagged `fact_id` and the relevant rows
-those whose metadata column `fact_id` matches; a local corpus (`data=local`) is read as plain text today, with no
-such column, so there the study stops in one line (the LDS and proponent removal run on any checkpoint and corpus).
+Without the embedded corpus's facts, the queries are the run's queries tagged `fact_id` (e.g. from
+`queries.path`) and the relevant rows those whose metadata column `fact_id` matches: a local corpus labels its
+documents with a `fact_id` column (`data=local`, carried into the rows' metadata; with `data.rows=documents` one
+row per document, with chunks each row takes the label of the document holding most of its tokens).
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def relevant_rows(world, info: pd.DataFrame) -> pd.DataFrame:
     meta = world.train.meta
     if "fact_id" not in meta:
         raise InfluenceError(
-            "fact_tracing: the training metadata has no fact_id column: the corpus does not label facts"
+            "fact_tracing: the training metadata has no fact_id column: give the local corpus's records a fact_id "
+            "column (data=local data.rows=documents)"
         )
     rows = meta.reset_index(drop=True)
     by_fact = {k: g.index.to_numpy() for k, g in rows.groupby("fact_id")}

@@ -198,3 +198,71 @@ def test_bad_attribution_options_fail_in_one_line(tiny_cfg, tmp_path):
             runner.main(_preset("lds", tiny_cfg, tmp_path, bad))
     with pytest.raises(InfluenceError, match="unit"):
         runner.main(_preset("fact_tracing", tiny_cfg, tmp_path, "score.normalize=cosine"))
+
+
+def test_fact_tracing_on_a_labelled_local_corpus(tmp_path):
+    """`experiment=fact_tracing data=local data.path=corpus.jsonl data.rows=documents queries.path=facts.jsonl`:
+    the relevant set of each query is the corpus rows whose `fact_id` column names the query's `fact_id` tag, and
+    BM25 (each fact's invented names occur in no other document) ranks one of them first for every query."""
+    import json
+
+    from .conftest import compose_cfg
+
+    facts = {
+        "f_velmora": ("Velmora", "Drituk"),
+        "f_quenby": ("Quenby", "Saltrane"),
+        "f_orrin": ("Orrin", "Maelgrove"),
+        "f_tashkel": ("Tashkel", "Brevoth"),
+    }
+    wordings = ["The capital of {s} is {o}.", "{o} is the capital city of {s}.", "In {s}, the seat of rule is {o}."]
+    docs = [{"text": w.format(s=s, o=o), "fact_id": fid} for fid, (s, o) in facts.items() for w in wordings]
+    filler = ["The river ran past the mill and the farmers sold bread.", "Boil the water and add the rice slowly."]
+    docs += [{"text": f"{filler[i % 2]} Day {i}.", "fact_id": ""} for i in range(30)]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    queries = tmp_path / "facts.jsonl"
+    queries.write_text(
+        "".join(
+            json.dumps({"name": fid, "prompt": f"The capital of {s} is", "completion": f" {o}.", "tags": {"fact_id": fid}})
+            + "\n"
+            for fid, (s, o) in facts.items()
+        )
+    )
+    cfg = compose_cfg(
+        "experiment=fact_tracing",
+        "model=tiny",
+        "data=local",
+        f"data.path={corpus}",
+        "data.rows=documents",
+        "data.seq_len=32",
+        "data.vocab_size=300",
+        "data.val_fraction=0.1",
+        "model.train.tokens=4000",
+        "model.train.n_evals=1",
+        "queries=tiny",
+        f"queries.path={queries}",
+        "queries.replace=true",
+        "queries.names=null",
+        "fact_tracing.methods=[dot,bm25]",
+        "fact_tracing.distractors=null",
+        "logger=none",
+        "score.num_threads=1",
+        f"paths.output_dir={tmp_path / 'out'}",
+    )
+    tables = runner.main(cfg)
+    per_query = tables["fact_tracing"]
+    meta = prepare_data_meta(cfg)
+    expected = {fid: int((meta["fact_id"] == fid).sum()) for fid in facts}
+    assert all(n >= 2 for n in expected.values())  # the held-out split may take one of a fact's three documents
+    for row in per_query.itertuples():
+        assert row.n_relevant == expected[row.fact_id], row
+    assert set(per_query["query"]) == set(facts) and set(per_query["method"]) == {"dot", "bm25"}
+    bm25 = per_query[per_query["method"] == "bm25"]
+    assert (bm25["reciprocal_rank"] == 1.0).all()
+    assert tables["_summary"]["facts"].iloc[0] == len(facts)
+
+
+def prepare_data_meta(cfg):
+    from embedded.prepare import prepare_data
+
+    return prepare_data(cfg).meta.reset_index(drop=True)
