@@ -223,7 +223,9 @@ def test_fact_tracing_on_a_labelled_local_corpus(tmp_path):
     queries = tmp_path / "facts.jsonl"
     queries.write_text(
         "".join(
-            json.dumps({"name": fid, "prompt": f"The capital of {s} is", "completion": f" {o}.", "tags": {"fact_id": fid}})
+            json.dumps(
+                {"name": fid, "prompt": f"The capital of {s} is", "completion": f" {o}.", "tags": {"fact_id": fid}}
+            )
             + "\n"
             for fid, (s, o) in facts.items()
         )
