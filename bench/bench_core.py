@@ -1,13 +1,25 @@
-"""Our EK-FAC fit + pairwise scores beside kronfluence 1.0.1's on the same work, with a plain fwd+bwd reference.
+"""Our EK-FAC fit + pairwise scores beside kronfluence 1.0.1's on the same work, in alternating rounds.
 
 Same GPT-NeoX (random init, float32, sdpa attention), same training sequences and queries, batch 16,
-sampled labels on both sides (each draws its own), damping 0.1·mean(Λ) per layer (kronfluence:
-damping_factor=None), same token positions (kronfluence is handed the loss mask: see
-tests/influence/test_kronfluence_crosscheck.py, which checks the two agree to 1e-14 with equal labels).
-Prints each stage's seconds, the ratio, the Pearson correlation of the two score matrices, and our fit
-time over two plain forward+backward passes (summed loss, gradients of every parameter).
+sampled labels, damping 0.1·mean(Λ) per layer (kronfluence: damping_factor=None), same token positions
+(kronfluence is handed the loss mask: tests/influence/test_kronfluence_crosscheck.py checks the two agree
+to 1e-14 with equal labels).
 
-Usage: python bench/bench_core.py [--large] [--threads 2] [--profile ours.prof]
+Fair by construction: every round runs every side (plain training pass, one capture pass, our one-pass
+and two-pass fits, kronfluence as users run it and with our sampler) in an order rotated round by round,
+so a load change hits both sides alike; each figure is the median over rounds with its min–max, ratios are
+taken within a round (side by side) before the median, and the 1-minute load average is printed beside
+each. Before measuring, the bench waits (up to --max-wait s) for the load average to fall below --quiet.
+
+Sides:
+- plain: summed-CE forward + backward into every parameter (the cost of a training step over the data);
+- capture: one capture pass of ours (forward + activation-only backward, sampled labels): the floor;
+- ours: fit (captures kept for the eigenvalue correction: one pass) + scores;
+- ours_2pass: the same with `gradient_cache_mb=0`, the path a corpus whose captures exceed the cache takes;
+- kron: kronfluence as users run it (its task samples labels with `torch.multinomial`);
+- kron_same: kronfluence whose task samples with our inverse-CDF sampler, isolating the influence code.
+
+Usage: python bench/bench_core.py [--large] [--rounds 3] [--threads 2] [--sides ours,kron] [--profile ours.prof]
 """
 
 from __future__ import annotations
@@ -15,6 +27,8 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -28,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from influence import LanguageModelTask, compute_scores, find_tracked_layers, fit_curvature, precondition_queries
+from influence.labels import sample_categorical
+from influence.passes import capture_batches
 
 SMALL = dict(layers=2, hidden=128, heads=4, inter=512, vocab=4096)
 LARGE = dict(layers=4, hidden=256, heads=4, inter=1024, vocab=8192)
@@ -87,7 +103,16 @@ def plain_fwd_bwd(model, data, batch_size):
     return sec
 
 
-def run_ours(model, data, queries, batch_size, profile=None):
+def capture_pass(model, data, batch_size):
+    """One capture pass over the data (forward + activation-only backward, sampled labels): the fit's floor."""
+    task, layers = LanguageModelTask(), find_tracked_layers(model)
+    t = time.perf_counter()
+    for _ in capture_batches(model, task, layers, data, batch_size, labels="sampled", seed=0):
+        pass
+    return time.perf_counter() - t
+
+
+def run_ours(model, data, queries, batch_size, profile=None, gradient_cache_mb=4096.0):
     task = LanguageModelTask()
     prof = None
     if profile:
@@ -97,7 +122,15 @@ def run_ours(model, data, queries, batch_size, profile=None):
         prof.enable()
     t0 = time.perf_counter()
     curv = fit_curvature(
-        model, task, data, method="ekfac", batch_size=batch_size, labels="sampled", seed=0, damping_factor=0.1
+        model,
+        task,
+        data,
+        method="ekfac",
+        batch_size=batch_size,
+        labels="sampled",
+        seed=0,
+        damping_factor=0.1,
+        gradient_cache_mb=gradient_cache_mb,
     )
     t1 = time.perf_counter()
     res = compute_scores(model, task, curv, queries, data, batch_size=batch_size)
@@ -109,13 +142,15 @@ def run_ours(model, data, queries, batch_size, profile=None):
     precondition_queries(model, task, curv, queries)  # timed alone: its share of compute_scores
     t4 = time.perf_counter()
     return res.scores, {
-        "fit (A,S pass + eigh + Λ)": t1 - t0,
-        "scores (precondition + scan)": t2 - t1,
-        "  of which query preconditioning": t4 - t3,
+        "fit": t1 - t0,
+        "scores": t2 - t1,
+        "query preconditioning": t4 - t3,
+        "passes": curv.info.get("correction_passes"),
     }
 
 
-def run_kronfluence(model, data, queries, batch_size, out_dir):
+def run_kronfluence(model, data, queries, batch_size, out_dir, sampler="multinomial"):
+    """kronfluence's four stages; `sampler`: "multinomial" (as its users write the task) or "inverse_cdf" (ours)."""
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.task import Task
@@ -128,7 +163,10 @@ def run_kronfluence(model, data, queries, batch_size, out_dir):
             flat = logits.reshape(-1, logits.shape[-1])
             if sample:
                 with torch.no_grad():
-                    labels = torch.multinomial(torch.softmax(flat.detach(), -1), 1).squeeze(-1)
+                    if sampler == "multinomial":
+                        labels = torch.multinomial(torch.softmax(flat.detach(), -1), 1).squeeze(-1)
+                    else:
+                        labels = sample_categorical(flat.detach(), torch.rand(flat.shape[0], dtype=torch.float64))
             else:
                 labels = batch["input_ids"][:, 1:].reshape(-1)
             ce = F.cross_entropy(flat, labels, reduction="none")
@@ -185,7 +223,45 @@ def run_kronfluence(model, data, queries, batch_size, out_dir):
         score_args=sargs,
     )
     times["scores"] = time.perf_counter() - t
+    times["fit"] = times["covariance"] + times["eigendecomposition"] + times["eigenvalue correction"]
     return an.load_pairwise_scores("s")["all_modules"], times
+
+
+SIDES = ("plain", "capture", "ours", "ours_2pass", "kron", "kron_same")
+
+
+def wait_for_quiet(threshold: float, max_wait: float) -> None:
+    """Wait until the 1-minute load average is below `threshold` (at most `max_wait` s), as the anchor's runner does."""
+    t0 = time.time()
+    while os.getloadavg()[0] >= threshold and time.time() - t0 < max_wait:
+        time.sleep(5)
+    load = os.getloadavg()[0]
+    waited = time.time() - t0
+    quiet = "quiet" if load < threshold else f"NOT quiet after {max_wait:.0f} s: figures are under load"
+    print(f"load average {load:.2f} after waiting {waited:.0f} s ({quiet}; threshold {threshold})")
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1])
+
+
+def run_side(side, model, data, queries, batch, out_dir):
+    """(seconds per stage, scores or None) of one side on the whole work."""
+    if side == "plain":
+        return {"total": plain_fwd_bwd(model, data, batch)}, None
+    if side == "capture":
+        return {"total": capture_pass(model, data, batch)}, None
+    if side in ("ours", "ours_2pass"):
+        scores, t = run_ours(model, data, queries, batch, gradient_cache_mb=0.0 if side == "ours_2pass" else 4096.0)
+        return {**t, "total": t["fit"] + t["scores"]}, scores
+    sampler = "multinomial" if side == "kron" else "inverse_cdf"
+    with tempfile.TemporaryDirectory(dir=out_dir) as fresh:  # kronfluence reuses factors saved under one name
+        scores, t = run_kronfluence(model, data, queries, batch, fresh, sampler=sampler)
+    return {**t, "total": t["fit"] + t["scores"]}, scores
+
+
+def fmt(values: list[float], unit: str = "s") -> str:
+    return f"{statistics.median(values):8.2f} {unit} [{min(values):.2f}–{max(values):.2f}]"
 
 
 def main() -> None:
@@ -196,9 +272,16 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--skip-kronfluence", action="store_true")
-    ap.add_argument("--profile", help="write a cProfile of our fit + scores to this file")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; each runs every side, the order rotated")
+    ap.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, from {','.join(SIDES)}")
+    ap.add_argument("--quiet", type=float, default=0.5, help="wait for a 1-minute load average below this")
+    ap.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for a quiet machine")
+    ap.add_argument("--profile", help="write a cProfile of one extra run of our fit + scores to this file")
     args = ap.parse_args()
+    sides = [s for s in args.sides.split(",") if s]
+    unknown = sorted(set(sides) - set(SIDES))
+    if unknown or args.rounds < 1:
+        ap.error(f"--sides: unknown {unknown}, choose from {SIDES}" if unknown else "--rounds must be at least 1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     torch.set_num_threads(args.threads)
     size = LARGE if args.large else SMALL
@@ -206,41 +289,54 @@ def main() -> None:
     data, queries = make_data(args.n, args.seq_len, size["vocab"], args.queries, prompt_len=args.seq_len // 2)
     print(
         f"GPT-NeoX {size}, seq_len {args.seq_len}, {args.n} training sequences, {args.queries} queries, "
-        f"batch {args.batch}, float32, {args.threads} threads, torch {torch.__version__}"
+        f"batch {args.batch}, float32, {args.threads} threads, torch {torch.__version__}, {args.rounds} rounds"
     )
-
     plain_fwd_bwd(model, {k: v[: args.batch] for k, v in data.items()}, args.batch)  # warm-up
-    ref = plain_fwd_bwd(model, data, args.batch)
-    print(f"plain fwd+bwd over {args.n} sequences: {ref:.2f} s")
-
-    mine, t_ours = run_ours(model, data, queries, args.batch, args.profile)
-    total_ours = t_ours["fit (A,S pass + eigh + Λ)"] + t_ours["scores (precondition + scan)"]
-    print("\nours:")
-    for k, v in t_ours.items():
-        print(f"  {k:<34} {v:7.2f} s")
-    print(f"  {'total':<34} {total_ours:7.2f} s")
-    fit = t_ours["fit (A,S pass + eigh + Λ)"]
-    print(f"  fit / (2 x plain fwd+bwd) = {fit / (2 * ref):.2f}   (goal <= 1.3)")
-    if args.skip_kronfluence:
-        return
+    wait_for_quiet(args.quiet, args.max_wait)
+    times: dict[str, list[dict]] = {s: [] for s in sides}
+    loads: dict[str, list[float]] = {s: [] for s in sides}
+    scores: dict[str, list[torch.Tensor]] = {s: [] for s in sides}
     with tempfile.TemporaryDirectory() as d:
-        theirs, t_k = run_kronfluence(model, data, queries, args.batch, d)
-    total_k = sum(t_k.values())
-    print("\nkronfluence 1.0.1:")
-    for k, v in t_k.items():
-        print(f"  {k:<34} {v:7.2f} s")
-    print(f"  {'total':<34} {total_k:7.2f} s")
-    fit_k = t_k["covariance"] + t_k["eigendecomposition"] + t_k["eigenvalue correction"]
-    r = float(torch.corrcoef(torch.stack([mine.flatten().double(), theirs.flatten().double()]))[0, 1])
-    print(f"\nfit:    ours {fit:.2f} s  kronfluence {fit_k:.2f} s  speed-up {fit_k / fit:.2f}x")
-    print(
-        f"scores: ours {t_ours['scores (precondition + scan)']:.2f} s  kronfluence {t_k['scores']:.2f} s  "
-        f"speed-up {t_k['scores'] / t_ours['scores (precondition + scan)']:.2f}x"
-    )
-    print(
-        f"total:  ours {total_ours:.2f} s  kronfluence {total_k:.2f} s  speed-up {total_k / total_ours:.2f}x  (goal >= 2)"
-    )
-    print(f"Pearson(ours, kronfluence) = {r:.4f}  (goal >= 0.99; each side samples its own labels)")
+        for r in range(args.rounds):
+            order = sides[r % len(sides) :] + sides[: r % len(sides)]
+            for side in order:
+                loads[side].append(os.getloadavg()[0])
+                t, sc = run_side(side, model, data, queries, args.batch, d)
+                times[side].append(t)
+                if sc is not None:
+                    scores[side].append(sc)
+            print(f"round {r + 1}: " + ", ".join(f"{s} {times[s][-1]['total']:.1f} s" for s in order))
+    if args.profile:
+        run_ours(model, data, queries, args.batch, args.profile)
+
+    print("\nmedian [min–max] over rounds; load = median 1-minute load average when the side started")
+    for side in sides:
+        stages = [k for k, v in times[side][0].items() if isinstance(v, float)]
+        passes = times[side][0].get("passes")
+        extra = f"  (eigenvalue-correction passes: {passes})" if passes else ""
+        print(f"{side}{extra}   load {statistics.median(loads[side]):.2f}")
+        for k in stages:
+            print(f"  {k:<26} {fmt([t[k] for t in times[side]])}")
+
+    def ratios(num: str, den: str, key: str = "total", scale: float = 1.0) -> list[float]:
+        return [a[key] / (scale * b[key]) for a, b in zip(times[num], times[den])]
+
+    print("\nratios within a round (median [min–max]):")
+    for ours in ("ours", "ours_2pass"):
+        for kron in ("kron", "kron_same"):
+            if ours in times and kron in times:
+                for key in ("fit", "scores", "total"):
+                    print(f"  {kron}/{ours} {key:<7} {fmt(ratios(kron, ours, key), 'x')}")
+                p = [pearson(a, b) for a, b in zip(scores[ours], scores[kron])]
+                print(f"  Pearson({ours}, {kron}) {fmt(p, '')}  (goal >= 0.99; each side samples its own labels)")
+    if "capture" in times:
+        for ours in ("ours", "ours_2pass"):
+            if ours in times:
+                fit = [a["fit"] / (2 * b["total"]) for a, b in zip(times[ours], times["capture"])]
+                print(f"  {ours} fit / (2 x capture pass) {fmt(fit, 'x')}  (goal <= 1.2 on the two-pass path)")
+    if "plain" in times and "capture" in times:
+        print(f"  capture pass / plain step {fmt(ratios('capture', 'plain'), 'x')}")
+    print("goals: kron/ours total >= 3 on both sizes and both kron variants")
 
 
 if __name__ == "__main__":
