@@ -39,8 +39,10 @@ def capture_pass(
         if objective == "measurement":
             scalar = task.measurement(outputs, batch)
         else:
-            labels = task.sample_labels(outputs, batch, indices, seed) if objective == "sampled" else None
-            g = task.loss_output_grad(outputs, batch, labels)
+            if objective == "sampled":
+                labels, g = task.sampled_loss_output_grad(outputs, batch, indices, seed)
+            else:
+                labels, g = None, task.loss_output_grad(outputs, batch)
             if g is not None:  # closed-form loss gradient: backpropagate it from the outputs
                 check_finite(g, "the training loss gradient of this batch")
                 return cap.inputs, cap.output_grads(outputs, grad_outputs=g)

@@ -40,10 +40,11 @@ def keyed_normal(indices: torch.Tensor, shape: tuple[int, ...], seed: int) -> to
     return torch.stack(rows)
 
 
-def sample_categorical(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF sampling from softmax(logits) over the last axis, one uniform per row of logits."""
-    probs = torch.softmax(logits, dim=-1)
+def sample_categorical(logits: torch.Tensor | None, uniforms: torch.Tensor, probs: torch.Tensor | None = None):
+    """Inverse-CDF sampling from softmax(logits) over the last axis (or from `probs`, already softmax(logits)),
+    one uniform per row."""
+    probs = torch.softmax(logits, dim=-1) if probs is None else probs
     cdf = torch.cumsum(probs, dim=-1)
     u = uniforms.to(cdf.dtype).unsqueeze(-1) * cdf[..., -1:]  # rescale: cdf[-1] may round below 1
     idx = torch.searchsorted(cdf.contiguous(), u.contiguous(), right=True).squeeze(-1)
-    return idx.clamp_(max=logits.shape[-1] - 1)
+    return idx.clamp_(max=probs.shape[-1] - 1)

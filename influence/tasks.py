@@ -69,6 +69,12 @@ class Task(ABC):
         """dL/d outputs in closed form, or None to let autograd differentiate `loss` (the default)."""
         return None
 
+    def sampled_loss_output_grad(self, outputs: torch.Tensor, batch: dict, indices: torch.Tensor, seed: int):
+        """(labels, dL/d outputs for them or None): the fitting pass's sampling and loss gradient together, so a
+        task can share work between them (the default does them one after the other)."""
+        labels = self.sample_labels(outputs, batch, indices, seed)
+        return labels, self.loss_output_grad(outputs, batch, labels)
+
     def check_batch(self, batch: dict, what: str = "training data") -> None:
         missing = [k for k in self.train_keys if k not in batch]
         if missing:
@@ -125,14 +131,26 @@ class LanguageModelTask(Task):
         Capture passes need only this gradient, so they skip the log-softmax forward/backward and the
         copies that slicing the logits costs (the vocabulary-wide tensors dominate small models)."""
         targets = batch["input_ids"][:, 1:] if labels is None else labels
-        g = torch.softmax(outputs.detach(), dim=-1)
-        g[:, :-1].scatter_add_(-1, targets.unsqueeze(-1), torch.full_like(targets, -1, dtype=g.dtype).unsqueeze(-1))
-        return g.mul_(self.loss_mask(batch).unsqueeze(-1))
+        return self._minus_one_hot(torch.softmax(outputs.detach(), dim=-1), targets, batch)
+
+    def _minus_one_hot(self, probs, targets, batch):
+        """softmax − one-hot(target), masked to the loss positions, in place in `probs`."""
+        ones = torch.full_like(targets, -1, dtype=probs.dtype).unsqueeze(-1)
+        probs[:, :-1].scatter_add_(-1, targets.unsqueeze(-1), ones)
+        return probs.mul_(self.loss_mask(batch).unsqueeze(-1))
 
     def sample_labels(self, outputs, batch, indices, seed):
         logits = outputs[:, :-1].detach()
         u = keyed_uniform(indices, logits.shape[1], seed).to(logits.device)
         return sample_categorical(logits, u)
+
+    def sampled_loss_output_grad(self, outputs, batch, indices, seed):
+        """One softmax for both: the labels are drawn from the same probabilities the gradient is built from
+        (`sample_labels` and `loss_output_grad` would each compute one over the whole vocabulary)."""
+        probs = torch.softmax(outputs.detach(), dim=-1)
+        u = keyed_uniform(indices, outputs.shape[1] - 1, seed).to(outputs.device)
+        labels = sample_categorical(None, u, probs=probs[:, :-1])
+        return labels, self._minus_one_hot(probs, labels, batch)
 
     def measurement(self, outputs, batch):
         if "completion_mask" not in batch:

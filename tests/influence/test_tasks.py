@@ -93,3 +93,27 @@ def test_closed_form_lm_loss_gradient_equals_autograd_with_padding_and_sampled_l
         closed = task.loss_output_grad(logits, batch, lab)
         assert torch.allclose(closed, auto, atol=1e-12)
         assert closed[2, 1:].abs().sum() == 0 and closed[:, -1].abs().sum() == 0  # padding and the last position
+
+
+def test_one_softmax_sampling_draws_the_keyed_labels_and_their_gradient_exactly():
+    """The fitting pass's combined sampling + loss gradient (one softmax) is bit-identical to `sample_labels` then
+    `loss_output_grad`, padding included, and equals autograd of the loss at the labels it drew."""
+    from influence import LanguageModelTask
+    from influence.tasks import Task
+
+    task = LanguageModelTask()
+    g = torch.Generator().manual_seed(1)
+    logits = 3 * torch.randn(4, 9, 50, generator=g)
+    ids = torch.randint(0, 50, (4, 9), generator=g)
+    mask = torch.ones(4, 9, dtype=torch.long)
+    mask[2, 5:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    rows = torch.tensor([7, 2, 11, 0])
+    labels, grad = task.sampled_loss_output_grad(logits, batch, rows, seed=3)
+    ref_labels, ref_grad = Task.sampled_loss_output_grad(task, logits, batch, rows, seed=3)
+    assert torch.equal(labels, ref_labels) and torch.equal(grad, ref_grad)
+    assert torch.equal(labels, task.sample_labels(logits, batch, rows, 3))
+    x = logits.double().requires_grad_(True)
+    (auto,) = torch.autograd.grad(task.loss(x, batch, labels), x)
+    assert torch.allclose(grad.double(), auto, atol=1e-6)
+    assert not torch.equal(labels, task.sample_labels(logits, batch, rows, 4))  # the seed matters
