@@ -136,6 +136,7 @@ def test_new_curvature_fields_at_their_defaults_keep_the_fit_cache_key():
     assert given["gradient_cache_mb"] == 4096.0 and "gradient_cache_mb" not in keyed_options(ekfac, given)
     assert keyed_options(ekfac, {**given, "gradient_cache_mb": 64})["gradient_cache_mb"] == 64
     assert keyed_options(ekfac, given) == {
-        k: v for k, v in given.items() if k not in ("gradient_cache_mb", "precision")
+        k: v for k, v in given.items() if k not in ("gradient_cache_mb", "precision", "product_precision")
     }
+    assert keyed_options(ekfac, {**given, "product_precision": "bf16"})["product_precision"] == "bf16"
     assert fit_options(compose_cfg("curvature=lissa", "seed=3"))["seed"] == 3

@@ -62,3 +62,30 @@ def test_unknown_precision_fails_naming_the_valid_ones(setup):
         fit_curvature(model, LanguageModelTask(), data, method="ekfac", precision="half")
     with pytest.raises(InfluenceError, match="unknown precision"):
         with_precision(LanguageModelTask(), "float16")
+
+
+@pytest.mark.parametrize("cache_mb", [4096.0, 0.0])  # the eigenvalue correction from kept captures, and a 2nd pass
+def test_bf16_factor_products_stay_close_to_float32_and_float32_is_untouched(setup, cache_mb):
+    """`product_precision=bf16` rounds the per-batch products āᵀā, DsᵀDs and the rotations to bf16 (measured on the
+    bench models: Pearson 0.9999, relative score error 0.7-1.3 %); the float32 default is bit-identical to the fit
+    without the option, and an unknown value fails in one line."""
+    model, data, queries = setup
+    task = LanguageModelTask()
+    kw = dict(method="ekfac", labels="true", batch_size=8, gradient_cache_mb=cache_mb)
+    ref = fit_curvature(model, task, data, **kw)
+    same = fit_curvature(model, task, data, product_precision="float32", **kw)
+    assert all(torch.equal(v, same.state()[k]) for k, v in ref.state().items())
+    bf = fit_curvature(model, task, data, product_precision="bf16", **kw)
+    for name in ref.basis.q_a:
+        assert bf.lam[name].dtype == torch.float64 and torch.isfinite(bf.lam[name]).all()
+        err_a = _rel(
+            _factor(bf.basis.q_a[name], bf.basis.lam_a[name]), _factor(ref.basis.q_a[name], ref.basis.lam_a[name])
+        )
+        assert 0 < err_a < 0.01  # > 0: the products really ran in bf16
+        assert _rel(bf.lam[name].sum(), ref.lam[name].sum()) < 0.02
+    s32 = compute_scores(model, task, ref, queries, data).scores
+    s16 = compute_scores(model, task, bf, queries, data).scores
+    assert _rel(s16, s32) < 0.05
+    assert torch.corrcoef(torch.stack([s32.flatten(), s16.flatten()]))[0, 1] > 0.999
+    with pytest.raises(InfluenceError, match=r"product_precision='half': choose one of \['bf16', 'float32'\]"):
+        fit_curvature(model, task, data, product_precision="half", **kw)
