@@ -2,7 +2,9 @@
 
 Memory per layer per query falls from P·M to r·(P+M) floats, so many queries share one pass
 over the training set. Scores at rank r need no dense matrix: token t's share is
-−Σ_k (Ds_t·u_k)(ā_t·v_k).
+−Σ_k (Ds_t·u_k)(ā_t·v_k). That factored form costs T·Q·r·(P+M) per sequence, several times the full-rank
+scan's for wide layers, so where it is cheaper a layer's queries are densified for one batch at a time
+(`densify_for_batch`: transient, one layer, bounded) and scored like full-rank ones.
 """
 
 from __future__ import annotations
@@ -53,6 +55,31 @@ def low_rank_queries(pre: dict[str, torch.Tensor], rank: int | None) -> dict[str
         # a rank at or above min(P, M) is exact: keep the dense matrix, it is cheaper to score
         out[name] = m if rank >= min(m.shape[-2], m.shape[-1]) else truncate(m, rank)
     return out
+
+
+#: the most bytes one layer's queries may take when densified for one batch (see `densify_for_batch`)
+DENSE_BATCH_BYTES = 256 * 2**20
+
+
+def factored_cost(batch: int, tokens: int, queries: int, rank: int, p: int, m: int) -> int:
+    """Multiply-adds of scoring one batch against rank-r queries factored: −Σ_k (Ds_t·u_k)(ā_t·v_k) per token."""
+    return batch * tokens * queries * rank * (p + m)
+
+
+def densified_cost(batch: int, tokens: int, queries: int, rank: int, p: int, m: int) -> int:
+    """Multiply-adds of densifying the queries (left @ rightᵀ), forming each sequence's DW and one matmul."""
+    return queries * p * m * rank + batch * tokens * p * m + batch * p * m * queries
+
+
+def densify_for_batch(q: LowRank, batch: int, tokens: int, max_bytes: int = DENSE_BATCH_BYTES) -> bool:
+    """Whether scoring one (batch, tokens) batch is cheaper with this layer's rank-r queries densified for the
+    batch (held only while the layer is scored, at most `max_bytes`) than factored. Which is cheaper turns on
+    the layer's width, the query count and the rank: with T·Q·r·(P+M) against P·M·(Q·r + B·T + B·Q) the
+    factored form wins for narrow layers and few queries, the dense one for wide layers."""
+    nq, p, r = q.left.shape
+    m = q.right.shape[1]
+    fits = nq * p * m * q.left.element_size() <= max_bytes
+    return fits and densified_cost(batch, tokens, nq, r, p, m) < factored_cost(batch, tokens, nq, r, p, m)
 
 
 def query_bytes(shapes: list[tuple[int, int]], num_queries: int, rank: int | None, bytes_per_float: int = 4) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .curvature import get_curvature_class
 from .errors import InfluenceError
-from .lowrank import query_bytes
+from .lowrank import DENSE_BATCH_BYTES, query_bytes
 
 MIB = 2**20
 PARTS = ("A", "S", "eigenvectors", "lambda", "queries")
@@ -42,6 +42,7 @@ def memory_plan(
     }
     total = {k: sum(l[k] for l in per_layer.values()) for k in (*PARTS, "total")}
     return {
+        "transient_queries": transient_query_mib(list(layers.values()), num_queries, query_rank),
         "method": method,
         "num_blocks": num_blocks,
         "num_queries": num_queries,
@@ -49,6 +50,15 @@ def memory_plan(
         "layers": per_layer,
         "total": total,
     }
+
+
+def transient_query_mib(shapes: list[tuple[int, int]], num_queries: int, query_rank: int | None) -> float:
+    """MiB the scan may hold besides the plan's parts: one rank-r layer's queries densified for a batch where that
+    is cheaper (`lowrank.densify_for_batch`), never above `DENSE_BATCH_BYTES`; 0 at full rank."""
+    if query_rank is None:
+        return 0.0
+    dense = [num_queries * p * m * 4 for p, m in shapes if query_rank < min(p, m)]
+    return max([b for b in dense if b <= DENSE_BATCH_BYTES], default=0) / MIB
 
 
 def format_memory_plan(plan: dict) -> str:
@@ -63,4 +73,6 @@ def format_memory_plan(plan: dict) -> str:
     rows = [f"{'layer':<{width}} " + " ".join(f"{c:>12}" for c in cols)]
     for name, mem in [*plan["layers"].items(), ("total", plan["total"])]:
         rows.append(f"{name:<{width}} " + " ".join(f"{mem[c]:>12.2f}" for c in cols))
+    if plan.get("transient_queries"):
+        rows.append(f"scan: up to {plan['transient_queries']:.2f} more while one layer's queries are densified")
     return "\n".join([head, *rows])

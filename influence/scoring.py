@@ -33,7 +33,7 @@ from .capture import check_finite, eval_mode, frozen_parameters, sequence_gradie
 from .curvature import CURVATURES, Curvature
 from .errors import InfluenceError
 from .gradients import AnswerTokens, expand_answer_tokens, query_gradients
-from .lowrank import LowRank, low_rank_queries
+from .lowrank import LowRank, densify_for_batch, low_rank_queries
 from .passes import capture_batches, resolve_device
 
 SCALE_CONVENTION = (
@@ -126,6 +126,8 @@ def score_captured(pre: dict[str, torch.Tensor], a: dict, ds: dict, layer_names:
     per_layer, per_tok = [], []
     for name in layer_names:
         q = pre[name].to(a[name].dtype)
+        if isinstance(q, LowRank) and not per_token and densify_for_batch(q, *a[name].shape[:2]):
+            q = q.dense()  # this layer's queries, dense for this batch only: cheaper here than the factored form
         if isinstance(q, LowRank):  # −Σ_k (Ds_t·u_k)(ā_t·v_k): never densified
             t = -(
                 torch.einsum("btp,qpr->bqtr", ds[name], q.left) * torch.einsum("btm,qmr->bqtr", a[name], q.right)

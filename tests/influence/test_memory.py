@@ -45,3 +45,13 @@ def test_plan_totals_and_table():
     assert "kfac, 2 layers" in text and "1 queries at rank full" in text and text.splitlines()[-1].startswith("total")
     with pytest.raises(InfluenceError, match="num_blocks must be >= 1"):
         memory_plan({"up": (3, 5)}, 1, num_blocks=0)
+
+
+def test_a_rank_r_plan_counts_one_layer_densified_for_a_batch():
+    """The scan may densify one rank-r layer's queries for a batch: the plan names the largest such layer's MiB
+    (Q·P·M float32), none at full rank or where the rank is already the layer's full rank."""
+    plan = memory_plan({"up": (40, 9), "down": (8, 41)}, 3, 4, method="kfac")
+    assert plan["transient_queries"] == pytest.approx(3 * 40 * 9 * 4 / MIB)
+    assert "more while one layer's queries are densified" in format_memory_plan(plan).splitlines()[-1]
+    assert memory_plan({"up": (40, 9)}, 3, None)["transient_queries"] == 0
+    assert memory_plan({"up": (40, 3)}, 3, 4)["transient_queries"] == 0  # rank 4 >= min(P, M): kept dense anyway

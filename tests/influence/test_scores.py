@@ -161,3 +161,30 @@ def test_low_rank_queries_score_like_their_dense_truncation_and_full_rank_is_exa
     shapes = [l.shape for l in curv.layers]
     assert query_bytes(shapes, 3, 2) == 3 * 4 * sum(2 * (p + m) for p, m in shapes)
     assert set(low_rank_queries(pre, None)) == set(pre)
+
+
+def test_rank_r_layers_densified_for_a_batch_score_as_factored_and_the_choice_follows_the_cost(monkeypatch):
+    """Whichever contraction a rank-r layer takes (densified for the batch where cheaper, else factored), the
+    scores are the same; the choice is the cheaper by multiply-adds, and a layer too large to densify stays
+    factored."""
+    import influence.scoring as scoring
+    from influence.lowrank import LowRank, densified_cost, densify_for_batch, factored_cost, truncate
+
+    model, task = neox(hidden=16, inter=64), LanguageModelTask()
+    data, q = token_data(7, 16), query_batch(8, 4, 3)
+    curv = fit_curvature(model, task, data)
+    chosen = []
+    monkeypatch.setattr(
+        scoring, "densify_for_batch", lambda *a, **k: chosen.append(densify_for_batch(*a, **k)) or chosen[-1]
+    )
+    auto = compute_scores(model, task, curv, q, data, query_rank=4).scores
+    assert any(chosen)  # at these shapes (T·Q·r·(P+M) > P·M·(Q·r + B·T + B·Q)) some layer is densified
+    monkeypatch.setattr(scoring, "densify_for_batch", lambda *a, **k: False)
+    factored = compute_scores(model, task, curv, q, data, query_rank=4).scores
+    assert torch.allclose(auto, factored, rtol=1e-5, atol=1e-6 * float(factored.abs().max()))
+    # the rule: densify where the cost model says so, and only within the byte bound
+    wide = truncate(torch.randn(8, 600, 150), 32)
+    assert densified_cost(16, 128, 8, 32, 600, 150) < factored_cost(16, 128, 8, 32, 600, 150)
+    assert densify_for_batch(wide, 16, 128) and not densify_for_batch(wide, 16, 128, max_bytes=8 * 600 * 150 * 4 - 1)
+    narrow = LowRank(torch.randn(64, 6, 2), torch.randn(64, 5, 2))  # many queries, a tiny layer, one-token batch
+    assert densified_cost(1, 1, 64, 2, 6, 5) > factored_cost(1, 1, 64, 2, 6, 5) and not densify_for_batch(narrow, 1, 1)
