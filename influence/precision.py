@@ -55,6 +55,9 @@ class AutocastTask(Task):
     def sample_labels(self, outputs, batch, indices, seed):
         return self.task.sample_labels(outputs, batch, indices, seed)
 
+    def sampled_loss_output_grad(self, outputs, batch, indices, seed):
+        return self.task.sampled_loss_output_grad(outputs, batch, indices, seed)
+
     def measurement(self, outputs, batch):
         return self.task.measurement(outputs, batch)
 
