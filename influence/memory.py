@@ -57,7 +57,7 @@ def transient_query_mib(shapes: list[tuple[int, int]], num_queries: int, query_r
     is cheaper (`lowrank.densify_for_batch`), never above `DENSE_BATCH_BYTES`; 0 at full rank."""
     if query_rank is None:
         return 0.0
-    dense = [num_queries * p * m * 4 for p, m in shapes if query_rank < min(p, m)]
+    dense = [query_bytes([(p, m)], num_queries, None) for p, m in shapes if query_rank < min(p, m)]
     return max([b for b in dense if b <= DENSE_BATCH_BYTES], default=0) / MIB
 
 

@@ -187,7 +187,12 @@ def _correction_from_tokens(a, ds, q_a, q_s):
         w = torch.einsum("btp,btm->bpm", ds @ q_s, a @ q_a)
     else:
         w = rotate_sequence_gradients(sequence_gradients(a, ds), q_s, q_a)
-    w = w if w.dtype != torch.bfloat16 else w.float()
+    return _squares(w)
+
+
+def _squares(w: torch.Tensor) -> torch.Tensor:
+    """Σ_b w_b² in float64, squared in float32 or better (bf16 rotations are widened first)."""
+    w = w.float() if w.dtype == torch.bfloat16 else w
     return (w * w).sum(0).double()
 
 
@@ -265,8 +270,7 @@ def _corrected_eigenvalues(
                     lam[l.name] += _correction_from_tokens(*entry[l.name], qa[l.name], qs[l.name])
                 else:
                     w = rotate_sequence_gradients(entry[l.name].to(dtype), qs[l.name], qa[l.name])
-                    w = w if w.dtype != torch.bfloat16 else w.float()
-                    lam[l.name] += (w * w).sum(0).double()
+                    lam[l.name] += _squares(w)
         cache.clear()
     else:
         for _, _, a, ds in capture_batches(
