@@ -58,6 +58,8 @@ class PaperOptions:
                 "accuracy.tasks=[diabetes,digits]",
                 "accuracy.max_train_points=200",
                 "accuracy.tabular.digits.max_train_points=60",
+                "accuracy.damping_factors=[]",
+                "accuracy.lissa.max_depth=16000",
             ],
         },
     )
