@@ -16,6 +16,7 @@ Sides:
 - capture: one capture pass of ours (forward + activation-only backward, sampled labels): the floor;
 - ours: fit (captures kept for the eigenvalue correction: one pass) + scores;
 - ours_2pass: the same with `gradient_cache_mb=0`, the path a corpus whose captures exceed the cache takes;
+- ours_bf16: ours with `product_precision="bf16"` (opt-in: the factor products in bf16, summed in float64);
 - kron: kronfluence as users run it (its task samples labels with `torch.multinomial`);
 - kron_same: kronfluence whose task samples with our inverse-CDF sampler, isolating the influence code.
 
@@ -112,7 +113,7 @@ def capture_pass(model, data, batch_size):
     return time.perf_counter() - t
 
 
-def run_ours(model, data, queries, batch_size, profile=None, gradient_cache_mb=4096.0):
+def run_ours(model, data, queries, batch_size, profile=None, gradient_cache_mb=4096.0, product_precision="float32"):
     task = LanguageModelTask()
     prof = None
     if profile:
@@ -131,6 +132,7 @@ def run_ours(model, data, queries, batch_size, profile=None, gradient_cache_mb=4
         seed=0,
         damping_factor=0.1,
         gradient_cache_mb=gradient_cache_mb,
+        product_precision=product_precision,
     )
     t1 = time.perf_counter()
     res = compute_scores(model, task, curv, queries, data, batch_size=batch_size)
@@ -227,7 +229,8 @@ def run_kronfluence(model, data, queries, batch_size, out_dir, sampler="multinom
     return an.load_pairwise_scores("s")["all_modules"], times
 
 
-SIDES = ("plain", "capture", "ours", "ours_2pass", "kron", "kron_same")
+SIDES = ("plain", "capture", "ours", "ours_2pass", "ours_bf16", "kron", "kron_same")
+OURS = ("ours", "ours_2pass", "ours_bf16")
 
 
 def wait_for_quiet(threshold: float, max_wait: float) -> None:
@@ -251,8 +254,15 @@ def run_side(side, model, data, queries, batch, out_dir):
         return {"total": plain_fwd_bwd(model, data, batch)}, None
     if side == "capture":
         return {"total": capture_pass(model, data, batch)}, None
-    if side in ("ours", "ours_2pass"):
-        scores, t = run_ours(model, data, queries, batch, gradient_cache_mb=0.0 if side == "ours_2pass" else 4096.0)
+    if side in OURS:
+        scores, t = run_ours(
+            model,
+            data,
+            queries,
+            batch,
+            gradient_cache_mb=0.0 if side == "ours_2pass" else 4096.0,
+            product_precision="bf16" if side == "ours_bf16" else "float32",
+        )
         return {**t, "total": t["fit"] + t["scores"]}, scores
     sampler = "multinomial" if side == "kron" else "inverse_cdf"
     with tempfile.TemporaryDirectory(dir=out_dir) as fresh:  # kronfluence reuses factors saved under one name
@@ -260,8 +270,8 @@ def run_side(side, model, data, queries, batch, out_dir):
     return {**t, "total": t["fit"] + t["scores"]}, scores
 
 
-def fmt(values: list[float], unit: str = "s") -> str:
-    return f"{statistics.median(values):8.2f} {unit} [{min(values):.2f}–{max(values):.2f}]"
+def fmt(values: list[float], unit: str = "s", digits: int = 2) -> str:
+    return f"{statistics.median(values):8.{digits}f} {unit} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
 
 
 def main() -> None:
@@ -322,20 +332,23 @@ def main() -> None:
         return [a[key] / (scale * b[key]) for a, b in zip(times[num], times[den])]
 
     print("\nratios within a round (median [min–max]):")
-    for ours in ("ours", "ours_2pass"):
+    for ours in OURS:
         for kron in ("kron", "kron_same"):
             if ours in times and kron in times:
                 for key in ("fit", "scores", "total"):
                     print(f"  {kron}/{ours} {key:<7} {fmt(ratios(kron, ours, key), 'x')}")
                 p = [pearson(a, b) for a, b in zip(scores[ours], scores[kron])]
-                print(f"  Pearson({ours}, {kron}) {fmt(p, '')}  (goal >= 0.99; each side samples its own labels)")
+                print(f"  Pearson({ours}, {kron}) {fmt(p, '', 5)}  (goal >= 0.99; each side samples its own labels)")
     if "capture" in times:
-        for ours in ("ours", "ours_2pass"):
+        for ours in OURS:
             if ours in times:
                 fit = [a["fit"] / (2 * b["total"]) for a, b in zip(times[ours], times["capture"])]
                 print(f"  {ours} fit / (2 x capture pass) {fmt(fit, 'x')}  (goal <= 1.2 on the two-pass path)")
     if "plain" in times and "capture" in times:
         print(f"  capture pass / plain step {fmt(ratios('capture', 'plain'), 'x')}")
+    if "ours" in times and "ours_bf16" in times:
+        p = [pearson(a, b) for a, b in zip(scores["ours"], scores["ours_bf16"])]
+        print(f"  Pearson(ours, ours_bf16) {fmt(p, '', 5)}  (bf16 products against float32, the same labels)")
     print("goals: kron/ours total >= 3 on both sizes and both kron variants")
 
 

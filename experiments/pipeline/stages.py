@@ -73,7 +73,12 @@ def fit_stage(cfg: DictConfig, world, task=None):
     options = fit_options(cfg)
     log.info("%s", format_memory_plan(plan(cfg, world.model, len(world.queries))))
     cache = Path(cfg.paths.output_dir) / "factors" / world.name
-    log.info("fitting %s on %d training sequences", cfg.curvature.name, world.train.input_ids.shape[0])
+    n, sample = world.train.input_ids.shape[0], options.get("max_sequences")
+    log.info(
+        "fitting %s on %s training sequences",
+        cfg.curvature.name,
+        f"{min(int(sample), n)} of the {n}" if sample is not None and int(sample) < n else f"all {n}",
+    )
     return fit_curvature(
         world.model,
         task or LanguageModelTask(),

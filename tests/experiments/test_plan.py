@@ -78,3 +78,16 @@ def test_fit_stage_logs_the_memory_plan_before_fitting(tiny_cfg, tiny_world, cap
     text = caplog.text
     assert "memory plan (MiB): ekfac, 4 layers" in text
     assert text.index("memory plan") < text.index("fitting ekfac")
+
+
+def test_fit_stage_logs_how_many_sequences_it_fits_on(tiny_cfg, tiny_world, caplog, tmp_path):
+    """A fit on a sample says so (the scale studies fit on 3,000 of the corpus), not the corpus size."""
+    n = tiny_world.train.input_ids.shape[0]
+    cfg = tiny_cfg.copy()
+    cfg.paths.output_dir = str(tmp_path)
+    with caplog.at_level(logging.INFO, logger="experiments.pipeline.stages"):
+        fit_stage(cfg, tiny_world)
+        cfg.curvature.max_sequences = 5
+        fit_stage(cfg, tiny_world)
+    assert f"fitting ekfac on all {n} training sequences" in caplog.text
+    assert f"fitting ekfac on 5 of the {n} training sequences" in caplog.text
