@@ -65,6 +65,7 @@ def test_accuracy_study_end_to_end(tiny_cfg, tiny_world, tiny_output_dir):
     # the tabular ground truth is verified: every solve converged and ε vs ε/2 agree
     assert meta["diabetes/pbrf_converged"] and meta["diabetes/pbrf_linear"]
     assert meta["diabetes/pbrf_grad_ratio_max"] <= 1e-3 and meta["diabetes/bregman_rows"] == 80
+    assert meta["diabetes/pbrf_epsilon"] == pytest.approx(0.1 / 80) and meta["diabetes/pbrf_epsilon_copies"] == 0.1
     assert meta["diabetes/pbrf_eps_half_rel_diff"] <= 0.05 and meta["diabetes/pbrf_eps_half_rows"] == 2
     # the LM's flags are consistent with what its optimizer achieved, and an unverified task is listed
     lm_ok = meta["lm/pbrf_grad_ratio_max"] <= 1e-4 and meta["lm/pbrf_eps_half_rel_diff"] <= 0.05
@@ -148,6 +149,19 @@ def test_accuracy_options_are_checked():
         Options(weight_decay="big")
     with pytest.raises(InfluenceError, match="accuracy.lds needs n_subsets"):
         LDSOptions(n_subsets=2)
+    with pytest.raises(InfluenceError, match=r"accuracy.tabular.digits.epsilon='big': use auto"):
+        Options(tabular={"digits": {"epsilon": "big"}})
+    with pytest.raises(InfluenceError, match="accuracy.epsilon_copies=2"):
+        Options(epsilon_copies=2)
+
+
+def test_the_pbrf_epsilon_is_a_share_of_one_copy_unless_given():
+    from experiments.studies.accuracy import Options, pbrf_epsilon
+
+    opts = Options()
+    assert pbrf_epsilon("auto", opts, 353) == pytest.approx(0.1 / 353)
+    assert pbrf_epsilon("auto", Options(epsilon_copies=0.05), 400) == pytest.approx(0.05 / 400)
+    assert pbrf_epsilon(1e-3, opts, 353) == 1e-3  # a number is taken as given (a warning above 0.5 copies)
 
 
 def test_the_tabular_weight_decay_is_chosen_on_held_out_loss_unless_fixed():
