@@ -127,8 +127,15 @@ class PBRFOptions:
     history: int = option(100, "L-BFGS only: curvature pairs kept")
     precondition: str = option("none", "ekfac: optimizer variables preconditioned by EK-FAC (same minimizer and test)")
     warm_start: str = option("none", "mirror: the −ε solve starts at the +ε solution reflected through θs")
+    batch_size: int = option(
+        1024,
+        "Bregman rows per forward/backward chunk (LM: 4, see lm_pbrf; length-sorted, so small chunks carry "
+        "little padding)",
+    )
 
     def __post_init__(self):
+        if self.batch_size < 1:
+            raise InfluenceError(f"accuracy pbrf.batch_size={self.batch_size!r}: use an integer >= 1")
         if self.precondition not in ("none", "ekfac"):
             raise InfluenceError(f"accuracy pbrf.precondition={self.precondition!r}: use none or ekfac")
 
@@ -206,13 +213,17 @@ class Options:
     lm_train_sequences: int = option(20, "LM: training sequences whose influence on each query is compared")
     lm_queries: int = option(5, "LM: the world's first queries (f = log p(completion | prompt))")
     bregman_subset: int = option(32, "LM: fitting sequences for G and the Bregman term")
-    lm_epsilon: float = option(1e-3, "LM: the PBRF's ε")
+    lm_epsilon: Any = option(
+        1e-3, "LM: the PBRF's ε, a number (1e-3: 0.03 copies over 32 sequences) or auto (epsilon_copies / bregman_subset)"
+    )
     lm_lissa: LissaOptions = option(help="LM: LiSSA's settings", factory=lambda: LissaOptions(depth=100, batch_size=8))
     lm_pbrf_dtype: str = option("float64", "LM: the PBRF's dtype (float64 or float32)")
-    lm_pbrf: dict[str, Any] = option(help="LM: overrides of `pbrf`", factory=lambda: {"tol": 1e-3, "max_steps": 3000})
+    lm_pbrf: dict[str, Any] = option(
+        help="LM: overrides of `pbrf`", factory=lambda: {"tol": 1e-3, "max_steps": 3000, "batch_size": 4}
+    )
     lm_exact: dict[str, Any] = option(
         help="LM: overrides of `exact` (its CG converges slowly: a budget)",
-        factory=lambda: {"max_iter": 500, "precondition": "ekfac"},
+        factory=lambda: {"max_iter": 500, "precondition": "ekfac", "batch_size": 4},
     )
 
     def __post_init__(self):
@@ -227,7 +238,7 @@ class Options:
             raise InfluenceError("accuracy needs n_test_points >= 1, lm_queries >= 1 and lm_train_sequences >= 3")
         if self.linearity_rows < 0 or not self.linearity_tol > 0 or self.tolerance_rows < 0:
             raise InfluenceError("accuracy needs linearity_rows >= 0, tolerance_rows >= 0 and linearity_tol > 0")
-        for where, eps in [("epsilon", self.epsilon)] + [
+        for where, eps in [("epsilon", self.epsilon), ("lm_epsilon", self.lm_epsilon)] + [
             (f"tabular.{t}.epsilon", per["epsilon"]) for t, per in self.tabular.items() if "epsilon" in (per or {})
         ]:
             if not (str(eps) == "auto" or (isinstance(eps, (int, float)) and eps > 0)):
@@ -253,6 +264,7 @@ class Options:
                 f"accuracy.lm_pbrf has no setting(s) {unknown}: it overrides pbrf's "
                 f"{', '.join(f.name for f in fields(PBRFOptions))}"
             )
+        PBRFOptions(**{**asdict(self.pbrf), **self.lm_pbrf})  # checked now, not after the tabular tasks
         unknown = sorted(set(self.lm_exact) - {f.name for f in fields(ExactOptions)} | ({"tasks"} & set(self.lm_exact)))
         if unknown:
             raise InfluenceError(
@@ -453,6 +465,7 @@ def pbrf_reference(c: Comparison, opts: Options, ekfac) -> tuple[Any, dict, dict
         f"{n}/pbrf_preconditioner": truth.metadata["preconditioner"],
         f"{n}/pbrf_warm_start": truth.metadata["warm_start"],
         f"{n}/pbrf_max_steps": int(truth.metadata["max_steps"]),
+        f"{n}/pbrf_batch_size": int(truth.metadata["batch_size"]),
         f"{n}/bregman_rows": truth.metadata["n_bregman"],
         f"{n}/damping": truth.metadata["damping"],
     }
@@ -775,9 +788,8 @@ def lm_task(opts: Options, cfg, world) -> tuple[list[dict], dict, pd.DataFrame]:
         pbrf={
             **asdict(opts.pbrf),
             **opts.lm_pbrf,
-            "epsilon": float(opts.lm_epsilon),
+            "epsilon": pbrf_epsilon(opts.lm_epsilon, opts, len(fit_rows)),
             "dtype": getattr(torch, opts.lm_pbrf_dtype),
-            "batch_size": 16,
         },
         exact=ExactOptions(**{**asdict(opts.exact), **opts.lm_exact}) if "lm" in opts.exact.tasks else None,
     )

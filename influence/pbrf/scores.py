@@ -91,6 +91,7 @@ def _metadata(args: PBRFArguments, preconditioner, n_bregman: int, dtype, layers
         "history": args.history,
         "on_failure": args.on_failure,
         "warm_start": args.warm_start,
+        "batch_size": args.batch_size,
         "preconditioner": preconditioner.name if preconditioner is not None else "none",
         "n_bregman": n_bregman,
         "dtype": str(dtype),

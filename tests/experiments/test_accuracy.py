@@ -75,6 +75,9 @@ def test_accuracy_study_end_to_end(tiny_cfg, tiny_world, tiny_output_dir):
     assert (long[long["task"] == "lm"]["pbrf_converged"] == meta["lm/pbrf_converged"]).all()
     assert meta["lm/pbrf_evaluations_mean_plus"] >= 10 and meta["lm/pbrf_evaluations_mean_minus"] >= 10
     assert meta["lm/pbrf_warm_start"] == "none"
+    # the LM's Bregman sequences go in length-sorted chunks of 4 (its default, kept when lm_pbrf sets other keys)
+    assert meta["lm/pbrf_batch_size"] == 4 and meta["diabetes/pbrf_batch_size"] == 1024
+    assert meta["lm/pbrf_epsilon"] == 1e-3 and meta["lm/pbrf_epsilon_copies"] == pytest.approx(4e-3)
     # solved to tol/10, the verified ground truth barely moves; the LM's 10-evaluation budget is reported as missed
     assert meta["diabetes/pbrf_tol10_rows"] == 2 and meta["diabetes/pbrf_tol10_rel_diff"] < 0.02
     assert meta["diabetes/pbrf_tol10_grad_ratio_max"] <= 1e-4 and meta["lm/pbrf_tol10_grad_ratio_max"] > 1e-5
@@ -140,6 +143,10 @@ def test_accuracy_options_are_checked():
 
     with pytest.raises(InfluenceError, match="damping_factors value must be > 0"):
         Options(damping_factors=[0.1, 0.0])
+    with pytest.raises(InfluenceError, match="accuracy.lm_epsilon='often'"):
+        Options(lm_epsilon="often")
+    with pytest.raises(InfluenceError, match="pbrf.batch_size=0"):
+        Options(lm_pbrf={"batch_size": 0})
     with pytest.raises(InfluenceError, match="lm_exact has no setting"):
         Options(lm_exact={"tasks": ["lm"]})
     with pytest.raises(InfluenceError, match="accuracy.exact: method='lu'"):
