@@ -30,6 +30,7 @@ from ..threads import SMALL, single_thread
 from .base import Curvature, FitConfig
 
 FACTOR_BYTES = 8  # float64 accumulators, eigendecompositions and Λ
+GRAM_STRIP = 256  # on CPU, xᵀx is formed by row strips of this many columns (see `gram`)
 
 
 @dataclass
@@ -121,6 +122,23 @@ class Eigenbasis:
     lam_s: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """xᵀx for x of shape (tokens, width). On CPU by row strips of the upper triangle, each one matmul of
+    `GRAM_STRIP` rows, mirrored below: about half the multiply-adds of the full product, in strips whose widths
+    MKL runs at full speed where a bias-folded width (M + 1) does not (2048 tokens, float32, 2 threads: width
+    1025 26 vs 43 ms, 4097 297 vs 613 ms, 1024 19 vs 27 ms). Elsewhere (GPU) one matmul."""
+    m = x.shape[1]
+    if x.device.type != "cpu" or m <= GRAM_STRIP:
+        return x.T @ x
+    out = x.new_empty(m, m)
+    for s in range(0, m, GRAM_STRIP):
+        e = min(s + GRAM_STRIP, m)
+        strip = x[:, s:e].T @ x[:, s:]
+        out[s:e, s:] = strip
+        out[e:, s:e] = strip[:, e - s :].T
+    return out
+
+
 class _Accumulator:
     """Running sums of the diagonal blocks of A and S for one layer."""
 
@@ -136,11 +154,9 @@ class _Accumulator:
         if self.dtype is not None:
             a, ds = a.to(self.dtype), ds.to(self.dtype)
         for acc, (s, e) in zip(self.a, self.a_blocks):
-            x = a[:, s:e]
-            acc += (x.T @ x).double()
+            acc += gram(a[:, s:e]).double()
         for acc, (s, e) in zip(self.s, self.s_blocks):
-            x = ds[:, s:e]
-            acc += (x.T @ x).double()
+            acc += gram(ds[:, s:e]).double()
 
     def all_reduce(self) -> None:
         all_reduce_sum({str(i): t for i, t in enumerate(self.a + self.s)})

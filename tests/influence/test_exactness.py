@@ -139,3 +139,13 @@ def test_lissa_runs_on_gpt2_with_fused_attention_in_float32():
     v = {l.name: torch.randn(1, *l.shape) for l in curv.layers}
     out = curv.ihvp(v)
     assert all(torch.isfinite(t).all() and t.abs().sum() > 0 for t in out.values())
+
+
+@pytest.mark.parametrize("width", [1, 255, 256, 257, 512, 513, 1025])
+def test_gram_by_strips_is_the_full_product(width):
+    """A and S come from `gram`: on CPU its strips of the upper triangle, mirrored, must be xᵀx itself."""
+    from influence.curvature.factors import gram
+
+    x = torch.randn(300, width, dtype=torch.float64, generator=torch.Generator().manual_seed(width))
+    got, want = gram(x), x.T @ x
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-14
