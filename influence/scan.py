@@ -36,7 +36,7 @@ from .errors import InfluenceError
 from .fingerprint import config_fingerprint, model_fingerprint, tensors_fingerprint
 from .lowrank import low_rank_queries
 from .passes import capture_batches, length_order, resolve_device
-from .precision import without_default_precision
+from .precision import warn_if_emulated_bf16, without_default_precision
 from .scoring import (
     SCALE_CONVENTION,
     candidate_norms,
@@ -337,6 +337,7 @@ def scan(
     num_q = next(iter(queries.values())).shape[0]
     names = list(query_names) if query_names is not None else [f"query_{i}" for i in range(num_q)]
     out_dir = Path(out_dir)
+    warn_if_emulated_bf16(resolve_device(model, args.device), precision=getattr(task, "precision", "float32"))
     manifest = _manifest(model, curvature, queries, names, data, indices, args)
     with collectively():  # rank 0 checks or writes the manifest before any rank writes a chunk
         if is_main():

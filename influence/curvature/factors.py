@@ -25,7 +25,7 @@ from ..distributed import all_reduce_sum, broadcast, is_distributed, rank, shard
 from ..errors import InfluenceError
 from ..modules import TrackedLayer
 from ..passes import capture_batches, resolve_device
-from ..precision import autocast_dtype
+from ..precision import autocast_dtype, warn_if_emulated_bf16
 from ..threads import SMALL, single_thread
 from .base import Curvature, FitConfig
 
@@ -307,6 +307,7 @@ def fit_kronecker(model, task, data, layers, config, device=None, eigenvalue_cor
     idx = by_length(data, sample_indices(num_rows(data), config.max_sequences, config.seed))  # sums: order-free
     mine = shard(idx)  # all of them in a single process
     dev = resolve_device(model, device)
+    warn_if_emulated_bf16(dev, precision=config.precision, product_precision=config.product_precision)
     cache = [] if eigenvalue_correction and _cache_fits(model, data, idx, layers, config) else None
     accs, n_tokens = _accumulate_factors(model, task, data, layers, config, mine, dev, cache)
     basis = _eigenbasis(accs, layers, n_tokens, dev)
