@@ -19,8 +19,9 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -c "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())"
 
+# two workers: the suite is mostly single-threaded (load 1.1 on 2 cores), so it runs in 7 min instead of 13 (2026-12-04)
 test: install install-crosscheck lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-slow: install install-crosscheck
 	$(PY) -m pytest -q -m slow
