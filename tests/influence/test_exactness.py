@@ -141,7 +141,7 @@ def test_lissa_runs_on_gpt2_with_fused_attention_in_float32():
     assert all(torch.isfinite(t).all() and t.abs().sum() > 0 for t in out.values())
 
 
-@pytest.mark.parametrize("width", [1, 255, 256, 257, 512, 513, 1025])
+@pytest.mark.parametrize("width", [257, 512, 513, 1025])  # wider than one strip: the strip path
 def test_gram_by_strips_is_the_full_product(width):
     """A and S come from `gram`: on CPU its strips of the upper triangle, mirrored, must be xᵀx itself."""
     from influence.curvature.factors import gram
