@@ -122,6 +122,13 @@ class Eigenbasis:
     lam_s: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def gram_macs(n: int, m: int, device_type: str = "cpu") -> int:
+    """Multiply-adds `gram` spends on an (n, m) input: its strips on CPU (about half of n·m²), n·m² elsewhere."""
+    if device_type != "cpu" or m <= GRAM_STRIP:
+        return n * m * m
+    return sum(n * (min(s + GRAM_STRIP, m) - s) * (m - s) for s in range(0, m, GRAM_STRIP))
+
+
 def gram(x: torch.Tensor) -> torch.Tensor:
     """xᵀx for x of shape (tokens, width). On CPU by row strips of the upper triangle, each one matmul of
     `GRAM_STRIP` rows, mirrored below: about half the multiply-adds of the full product, in strips whose widths
@@ -193,13 +200,25 @@ def rotate_sequence_gradients(dw: torch.Tensor, q_s: torch.Tensor, q_a: torch.Te
     return q_s.T @ dw @ q_a
 
 
+def _rotation_macs(t: int, p: int, m: int) -> dict[str, int]:
+    """Multiply-adds a sequence of t tokens costs the eigenvalue correction of a (P, M+1) layer, by order:
+    rotate its tokens, then sum them (t·(P² + M²) + t·P·M), or sum them to DW, then rotate (t·P·M + P²·M + P·M²)."""
+    return {"tokens": t * (p * p + m * m) + t * p * m, "grads": t * p * m + p * p * m + p * m * m}
+
+
+def correction_macs(t: int, p: int, m: int) -> int:
+    """Multiply-adds of one sequence's eigenvalue correction in the order `_correction_from_tokens` takes."""
+    return min(_rotation_macs(t, p, m).values())
+
+
 def _correction_from_tokens(a, ds, q_a, q_s):
     """Σ_b (Q_Sᵀ DW_b Q_A)², rotating tokens first or the summed gradients first, whichever is cheaper; in the
     dtype of `q_a` (the product dtype), squared and summed in float32 or better."""
     a, ds = a.to(q_a.dtype), ds.to(q_a.dtype)
     b, t, m = a.shape
     p = ds.shape[-1]
-    if t * (p * p + m * m) < t * p * m + p * p * m + p * m * m:
+    cost = _rotation_macs(t, p, m)
+    if cost["tokens"] < cost["grads"]:
         w = torch.einsum("btp,btm->bpm", ds @ q_s, a @ q_a)
     else:
         w = rotate_sequence_gradients(sequence_gradients(a, ds), q_s, q_a)
