@@ -33,3 +33,20 @@ def test_correction_takes_the_cheaper_order_and_counts_it(b, t, p, m, order):
     assert min(cost, key=cost.get) == order
     a, ds, q_a, q_s = torch.randn(b, t, m), torch.randn(b, t, p), torch.randn(m, m), torch.randn(p, p)
     assert _flops(_correction_from_tokens, a, ds, q_a, q_s) == 2 * b * correction_macs(t, p, m) == 2 * b * cost[order]
+
+
+@pytest.mark.parametrize("t", [40, 90])  # 40 tokens take the tokens-first route, 90 the gradients-first one
+def test_both_correction_orders_give_the_same_sum(t):
+    """Whichever order the rule picks, Σ_b (Q_Sᵀ DW_b Q_A)² is the same (float64: to rounding)."""
+    from influence.capture import sequence_gradients
+
+    g = torch.Generator().manual_seed(t)
+    a, ds = (
+        torch.randn(3, t, 65, dtype=torch.float64, generator=g),
+        torch.randn(3, t, 64, dtype=torch.float64, generator=g),
+    )
+    q_a = torch.linalg.qr(torch.randn(65, 65, dtype=torch.float64, generator=g))[0]
+    q_s = torch.linalg.qr(torch.randn(64, 64, dtype=torch.float64, generator=g))[0]
+    want = ((q_s.T @ sequence_gradients(a, ds) @ q_a) ** 2).sum(0)
+    got = _correction_from_tokens(a, ds, q_a, q_s)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-13
