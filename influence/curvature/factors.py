@@ -122,11 +122,17 @@ class Eigenbasis:
     lam_s: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def _gram_strips(m: int, device_type: str) -> list[tuple[int, int]] | None:
+    """The column strips [s, e) `gram` forms a width-m product by, or None where it takes one matmul."""
+    if device_type != "cpu" or m <= GRAM_STRIP:
+        return None
+    return [(s, min(s + GRAM_STRIP, m)) for s in range(0, m, GRAM_STRIP)]
+
+
 def gram_macs(n: int, m: int, device_type: str = "cpu") -> int:
     """Multiply-adds `gram` spends on an (n, m) input: its strips on CPU (about half of n·m²), n·m² elsewhere."""
-    if device_type != "cpu" or m <= GRAM_STRIP:
-        return n * m * m
-    return sum(n * (min(s + GRAM_STRIP, m) - s) * (m - s) for s in range(0, m, GRAM_STRIP))
+    strips = _gram_strips(m, device_type)
+    return n * m * m if strips is None else sum(n * (e - s) * (m - s) for s, e in strips)
 
 
 def gram(x: torch.Tensor) -> torch.Tensor:
@@ -135,11 +141,11 @@ def gram(x: torch.Tensor) -> torch.Tensor:
     MKL runs at full speed where a bias-folded width (M + 1) does not (2048 tokens, float32, 2 threads: width
     1025 26 vs 43 ms, 4097 297 vs 613 ms, 1024 19 vs 27 ms). Elsewhere (GPU) one matmul."""
     m = x.shape[1]
-    if x.device.type != "cpu" or m <= GRAM_STRIP:
+    strips = _gram_strips(m, x.device.type)
+    if strips is None:
         return x.T @ x
     out = x.new_empty(m, m)
-    for s in range(0, m, GRAM_STRIP):
-        e = min(s + GRAM_STRIP, m)
+    for s, e in strips:
         strip = x[:, s:e].T @ x[:, s:]
         out[s:e, s:] = strip
         out[e:, s:e] = strip[:, e - s :].T
@@ -206,9 +212,15 @@ def _rotation_macs(t: int, p: int, m: int) -> dict[str, int]:
     return {"tokens": t * (p * p + m * m) + t * p * m, "grads": t * p * m + p * p * m + p * m * m}
 
 
+def _correction_order(t: int, p: int, m: int) -> str:
+    """The cheaper order by `_rotation_macs`: "tokens" or "grads"."""
+    cost = _rotation_macs(t, p, m)
+    return "tokens" if cost["tokens"] < cost["grads"] else "grads"
+
+
 def correction_macs(t: int, p: int, m: int) -> int:
     """Multiply-adds of one sequence's eigenvalue correction in the order `_correction_from_tokens` takes."""
-    return min(_rotation_macs(t, p, m).values())
+    return _rotation_macs(t, p, m)[_correction_order(t, p, m)]
 
 
 def _correction_from_tokens(a, ds, q_a, q_s):
@@ -217,8 +229,7 @@ def _correction_from_tokens(a, ds, q_a, q_s):
     a, ds = a.to(q_a.dtype), ds.to(q_a.dtype)
     b, t, m = a.shape
     p = ds.shape[-1]
-    cost = _rotation_macs(t, p, m)
-    if cost["tokens"] < cost["grads"]:
+    if _correction_order(t, p, m) == "tokens":
         w = torch.einsum("btp,btm->bpm", ds @ q_s, a @ q_a)
     else:
         w = rotate_sequence_gradients(sequence_gradients(a, ds), q_s, q_a)
